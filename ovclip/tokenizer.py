@@ -48,9 +48,7 @@ def build_clip_tokenizer(bpe_path: str | Path | None = None) -> Tokenizer:
     symbols = list(_byte_to_unicode().values())
     symbols = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
     vocab = {s: i for i, s in enumerate(symbols)}
-    tok = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=EOT, fuse_unk=False)
-    )
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, end_of_word_suffix="</w>", unk_token=EOT, fuse_unk=False))
     tok.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
     )

@@ -1,0 +1,1 @@
+"""Throughput, latency and accuracy of deployment folders, measured the way benchmark_app does."""

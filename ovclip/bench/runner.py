@@ -1,0 +1,188 @@
+"""`ovclip bench`: one record per (folder, variant, device): speed, accuracy, exits, FLOPs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from ovclip.bench.metrics import exit_histogram, rescue_quadrants, topk_accuracy
+from ovclip.bench.throughput import measure
+from ovclip.deployment import read_manifest
+from ovclip.errors import OvclipError
+from ovclip.exits.flops import full_depth_flops, mean_flops
+from ovclip.runtime import Deployment
+from ovclip.runtime.device import supports_bf16
+
+RANDOM_REASON = "random weights: accuracy is meaningless, speed only"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    device: str = "CPU"
+    hint: str = "throughput"
+    batch: int = 8
+    nireq: int | None = None  # None: the device's optimal number of infer requests
+    seconds: float = 10.0
+    precision: str = "auto"  # auto: fp32 folders as f32 (+ bf16 where the CPU has it); f32; bf16
+    pool: int = 512  # real images cycled through in the timed run
+    accuracy: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise OvclipError(f"--batch {self.batch}: must be at least 1")
+        if self.seconds <= 0:
+            raise OvclipError(f"--time {self.seconds}: must be a positive number of seconds")
+        if self.nireq is not None and self.nireq < 1:
+            raise OvclipError(f"--nireq {self.nireq}: must be at least 1")
+        if self.precision not in ("auto", "f32", "bf16"):
+            raise OvclipError(f"--precision {self.precision!r}: choose auto, f32 or bf16")
+
+
+def variants(manifest, settings: BenchSettings) -> list[tuple[str, str | None, bool]]:
+    """(variant name, CPU inference precision to ask for, early exit on) for one folder."""
+    cpu = settings.device.upper().startswith("CPU")
+    kind = manifest.variant
+    if kind in ("fp32", "fp16"):
+        if not cpu:
+            return [(kind, None, False)]
+        if settings.precision == "auto":
+            out = [(kind, "f32", False)]
+            if supports_bf16(settings.device):
+                out.append(("bf16", "bf16", False))
+            return out
+        return [(kind if settings.precision == "f32" else "bf16", settings.precision, False)]
+    precision = None if settings.precision == "auto" or not cpu else settings.precision
+    out = [(kind, precision, False)]
+    if manifest.get("exit_policy"):
+        out.append((f"{kind}-ee", precision, True))
+    return out
+
+
+def optimal_nireq(dep: Deployment) -> int:
+    try:
+        return int(dep.compiled(dep.stage_files[0]).get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    except RuntimeError:
+        return 1
+
+
+def bench_folder(
+    folder: str | Path,
+    settings: BenchSettings,
+    dataset=None,
+    templates: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    tick: Callable[[str, float], None] | None = None,
+) -> list[dict]:
+    manifest = read_manifest(folder)
+    trained = manifest.trained
+    records = []
+    for name, precision, ee in variants(manifest, settings):
+        dep = Deployment(folder, settings.device, hint=settings.hint, inference_precision=precision)
+        nireq = settings.nireq or optimal_nireq(dep)
+        vision = manifest.vision
+        emb_dim = int(manifest["embedding_dim"])
+        rec: dict = {
+            "model": str(Path(folder)),
+            "source": manifest["source"].get("description"),
+            "variant": name,
+            "device": settings.device,
+            "hint": settings.hint,
+            "batch": settings.batch,
+            "nireq": nireq,
+            "inference_precision": dep.executed_precision(),
+            "openvino_version": ov.get_version(),
+            "trained": trained,
+            "n_images": 0,
+            "top1": None,
+            "top5": None,
+            "accuracy_note": None if trained else RANDOM_REASON,
+            "exit_histogram": None,
+            "flops_per_image": full_depth_flops(vision, emb_dim),
+            "flops_saving": 0.0,
+        }
+        class_emb = None
+        if dataset is not None and trained:
+            class_emb = dep.class_embeddings(dataset.prompt_names, templates)
+        if dataset is not None and trained and settings.accuracy:
+            acc = accuracy_pass(
+                dep, dataset, class_emb, ee, settings.batch * 8, tick=tick and (lambda f: tick(f"{name} accuracy", f))
+            )
+            rec.update(n_images=acc.n, top1=acc.top1, top5=acc.top5)
+            rec["_correct"] = acc.correct
+            if ee:
+                rec["exit_histogram"] = exit_histogram(acc.exit_layer, dep.policy.exits, vision["num_layers"])
+                rec["flops_per_image"] = acc.mean_flops
+                rec["flops_saving"] = 1 - acc.mean_flops / full_depth_flops(vision, emb_dim)
+        pool = timing_pool(dep, dataset, settings, trained)
+        if ee and class_emb is None and dep.policy.needs_labels:
+            raise OvclipError(
+                f"{folder}: timing early exit needs a labelled --data set (the exit rule uses class scores)"
+            )
+
+        def run(batch: np.ndarray, dep=dep, ee=ee, class_emb=class_emb) -> None:
+            dep.run_vision(batch, class_emb, early_exit=ee)
+
+        timing = measure(
+            run, pool, nireq=nireq, seconds=settings.seconds, on_tick=tick and (lambda f: tick(f"{name} timing", f))
+        )
+        rec.update(timing.as_dict())
+        log(f"{Path(folder).name} {name}: {timing.throughput_fps:.1f} img/s")
+        records.append(rec)
+    full = next((r for r in records if "_correct" in r and not r["variant"].endswith("-ee")), None)
+    for r in records:
+        if full is not None and "_correct" in r and r["variant"].endswith("-ee"):
+            r["rescue"] = rescue_quadrants(r["_correct"], full["_correct"])
+    for r in records:
+        r.pop("_correct", None)
+    return records
+
+
+def timing_pool(dep: Deployment, dataset, settings: BenchSettings, trained: bool) -> list[np.ndarray]:
+    """Batches timed: real evaluation images when there are any, else seeded random tensors."""
+    b = settings.batch
+    if dataset is not None and len(dataset):
+        n = min(len(dataset), max(settings.pool, b))
+        idx = np.arange(n)
+        px = dataset.pixels(idx, dep.preprocess_config)
+        return [px[i : i + b] for i in range(0, n - b + 1, b)] or [px]
+    s = dep.vision["image_size"]
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((b, 3, s, s), dtype=np.float32) for _ in range(4)]
+
+
+@dataclass
+class AccuracyResult:
+    n: int
+    top1: float
+    top5: float
+    correct: np.ndarray  # (N,) bool, top-1 right
+    exit_layer: np.ndarray  # (N,)
+    mean_flops: float
+
+
+def accuracy_pass(dep: Deployment, dataset, class_emb: np.ndarray, ee: bool, chunk: int, tick=None) -> AccuracyResult:
+    """Zero-shot accuracy over the whole set, streamed in chunks (pixels are not all held at once)."""
+    labels = dataset.labels
+    scores, exit_layer = [], []
+    for i in range(0, len(dataset), chunk):
+        idx = np.arange(i, min(i + chunk, len(dataset)))
+        out = dep.run_vision(dataset.pixels(idx, dep.preprocess_config), class_emb, early_exit=ee)
+        scores.append(out.scores)
+        exit_layer.append(out.exit_layer)
+        if tick:
+            tick(min(1.0, (i + chunk) / len(dataset)))
+    s = np.concatenate(scores)
+    el = np.concatenate(exit_layer)
+    exits = dep.policy.exits if (ee and dep.policy) else []
+    return AccuracyResult(
+        n=len(labels),
+        top1=topk_accuracy(s, labels, 1),
+        top5=topk_accuracy(s, labels, 5),
+        correct=s.argmax(1) == labels,
+        exit_layer=el,
+        mean_flops=mean_flops(dep.vision, int(dep.manifest["embedding_dim"]), el, exits, s.shape[1]),
+    )

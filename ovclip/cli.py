@@ -1,0 +1,293 @@
+"""The `ovclip` command: a thin layer over the library (export, quantize, bench, ...)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ovclip import __version__
+from ovclip.errors import OvclipError
+
+console = Console(stderr=True)
+MODEL_HELP = (
+    "Checkpoint: 'builtin' (default, the model shipped in the package), a Hugging Face CLIP folder or id, "
+    "an OpenAI/open_clip or HF state dict (.safetensors, .pt, .bin), or 'random:vit-b-32' (speed only)."
+)
+
+
+def friendly(fn):
+    """Turn OvclipError (and anything unexpected) into one line and a non-zero exit; --debug shows more."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        debug = click.get_current_context().find_root().params.get("debug", False)
+        try:
+            return fn(*args, **kwargs)
+        except OvclipError as e:
+            if debug:
+                traceback.print_exc()
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            console.print("[bold red]interrupted[/]")
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+            if debug:
+                traceback.print_exc()
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            console.print(
+                f"[bold red]error:[/] {type(e).__name__}: {msg} (run with --debug for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
+
+    return wrapper
+
+
+def log(msg: str) -> None:
+    console.print(msg, highlight=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="ovclip")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def main(debug: bool) -> None:
+    """Deploy CLIP on Intel CPUs, GPUs and NPUs with OpenVINO: export, INT8, early exit, benchmarks."""
+
+
+@main.command()
+@click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("out/fp32"),
+    show_default=True,
+    help="Deployment folder to write.",
+)
+@click.option(
+    "--exits",
+    default="default",
+    show_default=True,
+    help="Blocks after which the vision tower is split: 'default' (8,10,11 of 12, scaled), 'none', or '4,6,8'.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Weight precision stored in the IR.",
+)
+@click.option("--static-batch", type=int, default=None, help="Fix the batch size (NPU needs static shapes).")
+@click.option(
+    "--act",
+    type=click.Choice(["quick_gelu", "gelu"]),
+    default=None,
+    help="Activation for OpenAI-layout state dicts (open_clip-trained models use gelu).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@friendly
+def export(model, out, exits, precision, static_batch, act, overwrite):
+    """Write an FP32/FP16 OpenVINO IR deployment folder: text tower + vision tower split at the exits."""
+    from ovclip.checkpoint import load_checkpoint
+    from ovclip.export import ExportOptions, export_deployment
+
+    ckpt = load_checkpoint(model, hidden_act=act)
+    log(f"exporting {ckpt.description}")
+    m = export_deployment(ckpt, out, ExportOptions(exits, precision, static_batch, overwrite))
+    log(f"wrote {out} ({m['variant']}, stages {[s['blocks'] for s in m.vision['stages']]})")
+
+
+@main.command()
+@click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("out/int8"),
+    show_default=True,
+    help="Deployment folder to write.",
+)
+@click.option(
+    "--calibration",
+    default="builtin:calibration",
+    show_default=True,
+    help="Calibration images: 'builtin:calibration', an image folder (class subfolders allowed), "
+    "or Fashion-MNIST ('fashion-mnist:train' or a folder of idx files).",
+)
+@click.option("--subset-size", type=int, default=300, show_default=True, help="Images NNCF collects statistics on.")
+@click.option(
+    "--smooth-quant",
+    "smooth_quant",
+    default="auto",
+    show_default=True,
+    help="SmoothQuant alpha in (0,1], 'off', or 'auto' (pick the alpha closest to FP32 on held-out images).",
+)
+@click.option(
+    "--text",
+    type=click.Choice(["fp16", "int8", "fp32"]),
+    default="fp16",
+    show_default=True,
+    help="Text tower precision.",
+)
+@click.option(
+    "--exits",
+    default="default",
+    show_default=True,
+    help="Split/exit blocks, as for export ('auto': chosen by calibration).",
+)
+@click.option("--no-exits", is_flag=True, help="Plain INT8: no exit heads, gate or policy.")
+@click.option(
+    "--flops-budget",
+    type=float,
+    default=None,
+    help="Early exit: most accurate thresholds whose mean FLOPs stay within this fraction of full depth.",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=None,
+    help="Early exit: fastest thresholds whose accuracy drop vs full depth stays below this many points "
+    "(95%% upper confidence bound on the calibration split).",
+)
+@click.option(
+    "--target-device",
+    type=click.Choice(["ANY", "CPU", "GPU", "NPU"]),
+    default="ANY",
+    show_default=True,
+    help="NNCF target device.",
+)
+@click.option("--static-batch", type=int, default=None, help="Fix the batch size (NPU needs static shapes).")
+@click.option(
+    "--act", type=click.Choice(["quick_gelu", "gelu"]), default=None, help="Activation for OpenAI-layout state dicts."
+)
+@click.option("--strict", is_flag=True, help="Stop on the first unreadable calibration image instead of skipping it.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@friendly
+def quantize(
+    model,
+    out,
+    calibration,
+    subset_size,
+    smooth_quant,
+    text,
+    exits,
+    no_exits,
+    flops_budget,
+    max_drop,
+    target_device,
+    static_batch,
+    act,
+    strict,
+    overwrite,
+):
+    """NNCF INT8 of the vision stages (stage by stage) and text tower, with early-exit heads and policy."""
+    from ovclip.checkpoint import load_checkpoint
+    from ovclip.data.datasets import open_dataset
+    from ovclip.quantize import QuantizationConfig
+    from ovclip.quantize.pipeline import quantize_deployment
+
+    cfg = QuantizationConfig(
+        subset_size=subset_size,
+        smooth_quant_alpha=QuantizationConfig.parse_alpha(smooth_quant),
+        text=text,
+        target_device=target_device,
+    )
+    ee = None
+    if not no_exits:
+        from ovclip.exits.build import ExitBuildConfig
+
+        ee = ExitBuildConfig(
+            flops_budget=flops_budget, max_drop=max_drop, placement="auto" if exits == "auto" else "fixed"
+        )
+        exits = None if exits == "auto" else exits
+    elif flops_budget is not None or max_drop is not None:
+        raise OvclipError("--flops-budget/--max-drop set an exit policy; drop --no-exits to use them")
+    ckpt = load_checkpoint(model, hidden_act=act)
+    if ee is not None and not ckpt.trained:
+        log("[yellow]random weights: exit heads would be meaningless; writing plain INT8 (--no-exits)[/]")
+        ee = None
+    data = open_dataset(calibration, strict=strict)
+    if data.skipped:
+        log(
+            f"[yellow]skipped {len(data.skipped)} unreadable calibration images (first: {data.skipped[0][0]}: "
+            f"{data.skipped[0][1]})[/]"
+        )
+    m = quantize_deployment(
+        ckpt, out, data, cfg, exits=exits, static_batch=static_batch, overwrite=overwrite, early_exit=ee, log=log
+    )
+    policy = m.get("exit_policy")
+    extra = f", early exit at blocks {policy['exits']} ({policy['rule']})" if policy else ""
+    log(f"wrote {out} (INT8 in {m['quantization']['seconds']} s{extra})")
+
+
+@main.command()
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, NPU, AUTO:GPU,CPU, ...")
+@click.option(
+    "--hint",
+    type=click.Choice(["throughput", "latency"]),
+    default="throughput",
+    show_default=True,
+    help="OpenVINO performance hint.",
+)
+@click.option("--batch", type=int, default=8, show_default=True, help="Images per inference.")
+@click.option("--nireq", type=int, default=None, help="Requests in flight (default: the device's optimal number).")
+@click.option(
+    "--time", "seconds", type=float, default=10.0, show_default=True, help="Seconds of timed inference per record."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "f32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="CPU inference precision: auto = fp32 folders in f32 plus a bf16 record where the CPU has bf16.",
+)
+@click.option(
+    "--data",
+    default="builtin",
+    show_default=True,
+    help="Evaluation images: 'builtin' (2,000 Fashion-MNIST test images), 'fashion-mnist:test', or a folder.",
+)
+@click.option(
+    "--captions",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="JSONL of {image, caption} for text->image recall@k.",
+)
+@click.option("--no-accuracy", is_flag=True, help="Measure speed only.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the records as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG plot.")
+@click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
+@friendly
+def bench(
+    folders, device, hint, batch, nireq, seconds, precision, data, captions, no_accuracy, json_path, plot_path, strict
+):
+    """Throughput, latency and zero-shot accuracy of deployment folders (default: out/fp32 out/int8)."""
+    from ovclip.bench.report import bench_command
+
+    folders = list(folders) or [p for p in (Path("out/fp32"), Path("out/int8")) if p.exists()]
+    if not folders:
+        raise OvclipError("no deployment folders given and none in out/; run `ovclip export` / `ovclip quantize` first")
+    from ovclip.bench.runner import BenchSettings
+
+    settings = BenchSettings(
+        device=device,
+        hint=hint,
+        batch=batch,
+        nireq=nireq,
+        seconds=seconds,
+        precision=precision,
+        accuracy=not no_accuracy,
+    )
+    bench_command(folders, settings, data, captions, json_path, plot_path, strict, console)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,58 @@
+"""Write a deployment folder atomically: build it beside the target, rename it into place when complete."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ovclip.errors import OvclipError
+
+
+@contextmanager
+def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh sibling folder; on success it replaces `out` in one rename.
+
+    Killing the process at any moment leaves either the old `out` or the new one, never a partial
+    folder under the name `out` (leftover `.ovclip-tmp-*` siblings are ignored and cleaned next time).
+    """
+    out = Path(out).absolute()
+    if out.exists() and not overwrite:
+        raise OvclipError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise OvclipError(f"{out} exists and is not a folder; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.ovclip-tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.ovclip-tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        if _exchange(tmp, out):  # one atomic swap: `out` is always a complete folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = out.parent / f".{out.name}.ovclip-tmp-old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0

@@ -1,0 +1,104 @@
+"""SSA exit heads (paper Eq. 3): mean of the patch tokens (CLS excluded) -> LayerNorm -> MLP -> embedding.
+
+Trained in torch on features cached once from the quantized backbone; exported to IR together with the
+spatial-activation variance (SAV) the gate reads, so the runtime needs one call per exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadTrainConfig:
+    epochs: int = 60
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    distill_weight: float = 1.0  # weight of (1 - cos(head, FP32 final embedding))
+    ce_weight: float = 1.0  # weight of cross-entropy against the class-prompt text embeddings
+    seed: int = 0
+
+
+class SSAHead(nn.Module):
+    def __init__(self, width: int, emb: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, emb)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(self.norm(pooled))))
+
+
+class HeadWithSAV(nn.Module):
+    """hidden (B, T, D) -> (embedding (B, E), SAV (B,)); SAV = mean_i ||z_i - mean z||^2 over patch tokens."""
+
+    def __init__(self, head: SSAHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = hidden[:, 1:, :]
+        mean = patches.mean(dim=1)
+        sav = ((patches - mean[:, None, :]) ** 2).sum(-1).mean(-1)
+        return self.head(mean), sav
+
+
+def train_head(
+    pooled: np.ndarray,
+    labels: np.ndarray,
+    class_text: np.ndarray,
+    fp32_target: np.ndarray,
+    logit_scale: float,
+    cfg: HeadTrainConfig = HeadTrainConfig(),
+) -> SSAHead:
+    """Fit one head: CE of scaled cosine logits against class text embeddings + cosine distillation."""
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(pooled.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    t = F.normalize(torch.from_numpy(class_text.astype(np.float32)), dim=-1)
+    target = F.normalize(torch.from_numpy(fp32_target.astype(np.float32)), dim=-1)
+    head = SSAHead(x.shape[1], t.shape[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * max(1, int(np.ceil(len(x) / cfg.batch_size)))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    head.train()
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
+            emb = F.normalize(head(x[idx]), dim=-1)
+            loss = cfg.ce_weight * F.cross_entropy(logit_scale * emb @ t.T, y[idx])
+            loss = loss + cfg.distill_weight * (1 - (emb * target[idx]).sum(-1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def head_embeddings(head: SSAHead, pooled: np.ndarray) -> np.ndarray:
+    return F.normalize(head(torch.from_numpy(pooled.astype(np.float32))), dim=-1).numpy()
+
+
+def export_head(head: SSAHead, tokens: int, width: int, batch: int | None = None):
+    """The head (+SAV) as an ov.Model taking hidden states (B, T, D)."""
+    import openvino as ov
+
+    b = -1 if batch is None else batch
+    with torch.no_grad():
+        model = ov.convert_model(
+            HeadWithSAV(head).eval(),
+            example_input=torch.zeros(2, tokens, width),
+            input=[(ov.PartialShape([b, tokens, width]), ov.Type.f32)],
+        )
+    model.inputs[0].get_tensor().set_names({"hidden_states"})
+    model.outputs[0].get_tensor().set_names({"exit_embeds"})
+    model.outputs[1].get_tensor().set_names({"sav"})
+    return model

@@ -1,0 +1,192 @@
+"""`Deployment`: a deployment folder compiled on a device, the API an edge pipeline embeds.
+
+    dep = Deployment("out/int8", device="CPU")
+    text = dep.class_embeddings(["sneaker", "bag"], ["a photo of a {}."])
+    out = dep.run_vision(pixels, class_embeddings=text)        # early exit per the folder's policy
+    out.embeddings, out.exit_layer, out.scores
+
+One compiled model per IR is shared by all threads; each thread gets its own infer requests, so the
+object is safe to call from several threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from PIL import Image
+
+from ovclip.data.prompts import class_prompts
+from ovclip.deployment import read_manifest
+from ovclip.errors import OvclipError
+from ovclip.exits.policy import ExitPolicy
+from ovclip.preprocess import PreprocessConfig, preprocess
+from ovclip.runtime.device import check_device, compile_config, compile_model, executed_precision
+from ovclip.tokenizer import ClipTokenizer
+
+
+@dataclass
+class VisionOutput:
+    embeddings: np.ndarray  # (N, E) float32, L2-normalised
+    exit_layer: np.ndarray  # (N,) int32: the block after which each sample left (num_layers = full depth)
+    scores: np.ndarray | None  # (N, C) logits against the class embeddings, when given
+
+
+def l2n(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class Deployment:
+    def __init__(
+        self,
+        folder: str | Path,
+        device: str = "CPU",
+        *,
+        hint: str = "latency",
+        inference_precision: str | None = "f32",
+        verify: bool = True,
+        streams: int | None = None,
+    ):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder, verify=verify)
+        self.device = check_device(device)
+        cpu = self.device.upper().startswith("CPU")
+        self._config = compile_config(self.device, hint, inference_precision if cpu else None, streams)
+        self.vision = self.manifest.vision
+        self.num_layers: int = self.vision["num_layers"]
+        self.preprocess_config = PreprocessConfig.load(self.folder / "preprocessor_config.json")
+        self.tokenizer = ClipTokenizer.from_file(
+            self.folder / "tokenizer.json", self.manifest["text"]["context_length"]
+        )
+        self.logit_scale = float(self.manifest["logit_scale"])
+        policy = self.manifest.get("exit_policy")
+        self.policy: ExitPolicy | None = ExitPolicy.from_dict(policy) if policy else None
+        emb_policy = self.manifest.get("exit_policy_embedding")
+        self.embedding_policy: ExitPolicy | None = ExitPolicy.from_dict(emb_policy) if emb_policy else None
+        self._compiled: dict[str, ov.CompiledModel] = {}
+        self._lock = threading.Lock()
+        self._tls = threading.local()
+        self._class_cache: dict[tuple, np.ndarray] = {}
+
+    # -- compiled models and per-thread requests ---------------------------------------------------
+    def compiled(self, file: str) -> ov.CompiledModel:
+        with self._lock:
+            if file not in self._compiled:
+                self._compiled[file] = compile_model(self.folder / file, self.device, self._config)
+            return self._compiled[file]
+
+    def _request(self, file: str) -> ov.InferRequest:
+        reqs = getattr(self._tls, "reqs", None)
+        if reqs is None:
+            reqs = self._tls.reqs = {}
+        if file not in reqs:
+            reqs[file] = self.compiled(file).create_infer_request()
+        return reqs[file]
+
+    def infer(self, file: str, x: np.ndarray) -> list[np.ndarray]:
+        """Run one IR on a batch; a static-batch IR (NPU) is fed in padded chunks of its batch."""
+        compiled = self.compiled(file)
+        req = self._request(file)
+        batch = compiled.inputs[0].get_partial_shape()[0]
+        if batch.is_dynamic or batch.get_length() == len(x):
+            res = req.infer({0: x})
+            return [np.array(res[o]) for o in compiled.outputs]
+        s = batch.get_length()
+        parts: list[list[np.ndarray]] = []
+        for i in range(0, len(x), s):
+            chunk = x[i : i + s]
+            n = len(chunk)
+            if n < s:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], s - n, axis=0)])
+            res = req.infer({0: chunk})
+            parts.append([np.array(res[o])[:n] for o in compiled.outputs])
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(compiled.outputs))]
+
+    @property
+    def stage_files(self) -> list[str]:
+        return [s["file"] for s in self.vision["stages"]]
+
+    def executed_precision(self) -> str:
+        return executed_precision(self.compiled(self.stage_files[0]))
+
+    # -- text --------------------------------------------------------------------------------------
+    def encode_text(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
+        """(N, E) L2-normalised text embeddings."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) == 0:
+            raise OvclipError("no text to encode")
+        file = self.manifest["text"]["file"]
+        out = [self.infer(file, self.tokenizer(list(texts[i : i + batch])))[0] for i in range(0, len(texts), batch)]
+        return l2n(np.concatenate(out).astype(np.float32))
+
+    def class_embeddings(self, prompt_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """(C, E): per class, the mean of its normalised prompt embeddings over templates, renormalised."""
+        key = (tuple(prompt_names), tuple(templates))
+        if key not in self._class_cache:
+            prompts = [p for per_class in class_prompts(list(prompt_names), list(templates)) for p in per_class]
+            emb = self.encode_text(prompts).reshape(len(prompt_names), len(templates), -1)
+            self._class_cache[key] = l2n(emb.mean(1))
+        return self._class_cache[key]
+
+    # -- images ------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.stack([preprocess(im, self.preprocess_config) for im in images])
+
+    def run_vision(
+        self,
+        pixels: np.ndarray,
+        class_embeddings: np.ndarray | None = None,
+        *,
+        early_exit: bool = True,
+        policy: ExitPolicy | None = None,
+    ) -> VisionOutput:
+        """Run the stages in order; after each exit stage, samples the policy lets go leave the batch."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        n = len(pixels)
+        if policy is None:
+            policy = self.policy if class_embeddings is not None else self.embedding_policy
+        use_exits = early_exit and policy is not None
+        if use_exits and policy.needs_labels and class_embeddings is None:
+            raise OvclipError(f"{self.folder}: its exit rule '{policy.rule}' needs class embeddings (a label set)")
+        emb_dim = int(self.manifest["embedding_dim"])
+        embeddings = np.zeros((n, emb_dim), np.float32)
+        exit_layer = np.full(n, self.num_layers, np.int32)
+        active = np.arange(n)
+        h = pixels
+        prev: np.ndarray | None = None
+        for stage in self.vision["stages"]:
+            out = self.infer(stage["file"], h)[0]
+            end = stage["blocks"][1]
+            if end == self.num_layers:
+                embeddings[active] = l2n(out)
+                break
+            if use_exits and end in policy.exits:
+                head_emb, sav = self.infer(policy.head_file(end), out)[:2]
+                head_emb = l2n(head_emb)
+                scores = self.logit_scale * head_emb @ class_embeddings.T if class_embeddings is not None else None
+                leave = policy.decide(end, head_emb, sav.reshape(-1), scores, prev)
+                if leave.any():
+                    embeddings[active[leave]] = head_emb[leave]
+                    exit_layer[active[leave]] = end
+                    keep = ~leave
+                    active, out, head_emb = active[keep], out[keep], head_emb[keep]
+                prev = head_emb
+                if len(active) == 0:
+                    break
+            h = np.ascontiguousarray(out)
+        scores = self.logit_scale * embeddings @ class_embeddings.T if class_embeddings is not None else None
+        return VisionOutput(embeddings, exit_layer, scores)
+
+    def encode_images(self, pixels: np.ndarray, *, early_exit: bool = False) -> np.ndarray:
+        """(N, E) L2-normalised image embeddings; full depth unless `early_exit` (label-free rule only)."""
+        return self.run_vision(pixels, early_exit=early_exit).embeddings
+
+    def classify(
+        self, pixels: np.ndarray, prompt_names: Sequence[str], templates: Sequence[str], *, early_exit: bool = True
+    ) -> VisionOutput:
+        return self.run_vision(pixels, self.class_embeddings(prompt_names, templates), early_exit=early_exit)
