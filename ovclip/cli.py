@@ -2,58 +2,13 @@
 
 from __future__ import annotations
 
-import functools
-import sys
-import traceback
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 from ovclip import __version__
+from ovclip.cli_common import MODEL_HELP, console, friendly, log
 from ovclip.errors import OvclipError
-
-console = Console(stderr=True)
-MODEL_HELP = (
-    "Checkpoint: 'builtin' (default, the model shipped in the package), a Hugging Face CLIP folder or id, "
-    "an OpenAI/open_clip or HF state dict (.safetensors, .pt, .bin), or 'random:vit-b-32' (speed only)."
-)
-
-
-def friendly(fn):
-    """Turn OvclipError (and anything unexpected) into one line and a non-zero exit; --debug shows more."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug", False)
-        try:
-            return fn(*args, **kwargs)
-        except OvclipError as e:
-            if debug:
-                traceback.print_exc()
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            console.print("[bold red]interrupted[/]")
-            sys.exit(130)
-        except click.exceptions.Exit:
-            raise
-        except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
-            if debug:
-                traceback.print_exc()
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            console.print(
-                f"[bold red]error:[/] {type(e).__name__}: {msg} (run with --debug for the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            sys.exit(1)
-
-    return wrapper
-
-
-def log(msg: str) -> None:
-    console.print(msg, highlight=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -288,6 +243,8 @@ def bench(
     )
     bench_command(folders, settings, data, captions, json_path, plot_path, strict, console)
 
+
+# Subcommands that live beside their library code register here, one line each.
 
 if __name__ == "__main__":  # pragma: no cover
     main()
