@@ -76,7 +76,7 @@ def _clean(text: str) -> str:
     except ImportError:  # pragma: no cover - ftfy is a declared dependency
         pass
     text = html.unescape(html.unescape(text))
-    return unicodedata.normalize("NFC", " ".join(text.split()))
+    return unicodedata.normalize("NFC", " ".join(text.split())).lower()  # Python lower: final sigma, as OpenAI
 
 
 class ClipTokenizer:
@@ -95,7 +95,8 @@ class ClipTokenizer:
 
     @classmethod
     def builtin(cls, context_length: int = CONTEXT_LENGTH) -> ClipTokenizer:
-        return cls(_builtin_tokenizer(), context_length)
+        # a copy: enable_truncation() in __init__ must not change other instances
+        return cls(Tokenizer.from_str(_builtin_tokenizer().to_str()), context_length)
 
     def save(self, path: str | Path) -> None:
         self._tok.save(str(path))
