@@ -8,6 +8,7 @@ import traceback
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from ovclip.errors import OvclipError
 
@@ -29,7 +30,7 @@ def friendly(fn):
         except OvclipError as e:
             if debug:
                 traceback.print_exc()
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             sys.exit(2)
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]")
@@ -41,7 +42,7 @@ def friendly(fn):
                 traceback.print_exc()
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             console.print(
-                f"[bold red]error:[/] {type(e).__name__}: {msg} (run with --debug for the traceback)",
+                f"[bold red]error:[/] {type(e).__name__}: {escape(msg)} (run with --debug for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
