@@ -100,7 +100,7 @@ def stage_records(bounds: list[tuple[int, int]], num_layers: int) -> list[dict]:
             "file": f,
             "blocks": [a + 1, b],  # 1-based, inclusive
             "input": "pixel_values" if a == 0 else "hidden_states",
-            "output": "image_embeds" if b == num_layers else "hidden_states",
+            "output": "image_embeds" if b == num_layers else "hidden_states_out",  # the IR tensor names
         }
         for f, (a, b) in zip(files, bounds, strict=True)
     ]
