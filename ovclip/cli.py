@@ -245,6 +245,12 @@ def bench(
 
 
 # Subcommands that live beside their library code register here, one line each.
+from ovclip.devices import devices  # noqa: E402
+
+main.add_command(devices)
+from ovclip.analyze.command import analyze  # noqa: E402
+
+main.add_command(analyze)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
