@@ -178,14 +178,17 @@ def train(spec: dict, classes: dict, templates: dict, epochs: int | None) -> Non
     step, elapsed, history = 0, 0.0, []
     if state_path.exists():
         state = torch.load(state_path, weights_only=True)
-        if state["total"] == total:
+        if state["step"] < total:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["opt"])
             step, elapsed = state["step"], state["elapsed"]
             history = json.loads(state["history"])
+            if state["total"] != total:  # the epoch count was changed part-way: say so in the log
+                history.append({"schedule_changed_at_step": step, "from_total_steps": state["total"],
+                                "to_total_steps": total})
             print(f"resuming at step {step}/{total} ({elapsed / 60:.1f} min trained so far)")
         else:
-            print("saved state is for another schedule; starting over")
+            print("saved state is past this schedule's end; starting over")
     model.train()
     t0 = time.time() - elapsed
     cols = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}")]

@@ -3,8 +3,8 @@ accuracy drop against full depth stays below D with 95% confidence."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -44,45 +44,101 @@ def drop_upper_bound(ee_correct: np.ndarray, full_correct: np.ndarray, confidenc
     return hi_loss - lo_rescue
 
 
-def _search(
-    trace: Trace,
-    grids: dict[int, list],
-    key: Callable[[float, float, np.ndarray], tuple | None],
-    max_full: int = 60_000,
-) -> tuple[Thresholds, float, float]:
-    """Best thresholds by `key` (larger is better, None = infeasible): full grid when small, else
-    coordinate ascent from 'never exit' (3 sweeps)."""
+@dataclass
+class GridResult:
+    """Outcome of every threshold combination (one axis per exit, in grid order)."""
+
+    correct: np.ndarray  # number of right predictions
+    flops: np.ndarray  # summed FLOPs
+    loss: np.ndarray  # EE wrong where full depth is right
+    rescue: np.ndarray  # EE right where full depth is wrong
+    n: int
+
+
+def evaluate_grid(trace: Trace, grids: dict[int, list]) -> GridResult:
+    """All combinations at once. A sample leaves at exit j when it passed exits 0..j-1 and reaches
+    threshold j; the "passed so far" masks of every prefix combination are kept as rows of a matrix, so
+    each exit's totals are one matrix product over samples."""
     exits = trace.exits
-    size = int(np.prod([len(grids[e]) for e in exits])) if exits else 1
-    best: tuple | None = None
-    best_t: Thresholds = {e: None for e in exits}
-    if size <= max_full:
-        for combo in itertools.product(*[grids[e] for e in exits]):
-            t = dict(zip(exits, combo, strict=True))
-            acc, fl, corr = evaluate(trace, t)
-            k = key(acc, fl, corr)
-            if k is not None and (best is None or k > best):
-                best, best_t = k, t
-    else:
-        t = dict(best_t)
-        acc, fl, corr = evaluate(trace, t)
-        best = key(acc, fl, corr)
-        for _ in range(3):
-            for e in exits:
-                for v in grids[e]:
-                    cand = {**t, e: v}
-                    acc, fl, corr = evaluate(trace, cand)
-                    k = key(acc, fl, corr)
-                    if k is not None and (best is None or k > best):
-                        best, t = k, cand
-            best_t = t
-    acc, fl, _ = evaluate(trace, best_t)
-    return best_t, acc, fl
+    k = len(exits)
+    n = len(trace)
+    full = trace.full_correct
+    shape = tuple(len(grids[e]) for e in exits)
+
+    def weights(right: np.ndarray, flops: float) -> np.ndarray:  # (N, 4): correct, flops, loss, rescue
+        return np.stack([right, np.full(n, flops), ~right & full, right & ~full], axis=1).astype(np.float64)
+
+    total = np.zeros((*shape, 4))
+    prefix = np.ones((1, n))  # rows: combinations of thresholds of the exits before j
+    w_full = weights(full, trace.flops[trace.num_layers])
+    for j, e in enumerate(exits):
+        m = np.stack([np.zeros(n, bool) if t is None else trace.score[e] >= t for t in grids[e]]).astype(np.float64)
+        w = weights(trace.correct[e], trace.flops[e])
+        part = prefix @ (m[:, :, None] * w[None]).transpose(1, 0, 2).reshape(n, -1)  # (M, Gj*4)
+        total += part.reshape(*shape[: j + 1], *([1] * (k - j - 1)), 4)
+        if j == k - 1:  # samples that pass the last exit too run to full depth
+            rest = prefix @ ((1.0 - m)[:, :, None] * w_full[None]).transpose(1, 0, 2).reshape(n, -1)
+            total += rest.reshape(*shape, 4)
+        else:
+            prefix = (prefix[:, None, :] * (1.0 - m)[None, :, :]).reshape(-1, n)
+    if k == 0:
+        total += (prefix @ w_full).reshape(4)
+    return GridResult(total[..., 0], total[..., 1], total[..., 2], total[..., 3], n)
+
+
+def _pick(grids: dict[int, list], exits: list[int], index: tuple[int, ...]) -> Thresholds:
+    return {e: grids[e][i] for e, i in zip(exits, index, strict=True)}
+
+
+def _search(
+    trace: Trace, grids: dict[int, list], key: Callable[[float, float, np.ndarray], tuple | None]
+) -> tuple[Thresholds, float, float]:
+    """Best thresholds by `key` (larger is better, None = infeasible) by coordinate ascent from 'never exit'
+    (3 sweeps); used where the full grid is too large to evaluate at once."""
+    exits = trace.exits
+    t: Thresholds = {e: None for e in exits}
+    acc, fl, corr = evaluate(trace, t)
+    best = key(acc, fl, corr)
+    for _ in range(3):
+        for e in exits:
+            for v in grids[e]:
+                cand = {**t, e: v}
+                acc, fl, corr = evaluate(trace, cand)
+                k = key(acc, fl, corr)
+                if k is not None and (best is None or k > best):
+                    best, t = k, cand
+    acc, fl, _ = evaluate(trace, t)
+    return t, acc, fl
+
+
+def _small(trace: Trace, grids: dict[int, list]) -> bool:
+    return len(trace.exits) <= 3 and int(np.prod([len(grids[e]) for e in trace.exits])) <= 200_000
+
+
+def _drop_bounds(g: GridResult, confidence: float) -> np.ndarray:
+    """drop_upper_bound for every combination at once (vectorised Clopper-Pearson, same union bound)."""
+    from scipy.stats import beta
+
+    a = (1 - confidence) / 2  # each side at 1 - (1-c)/2, as in drop_upper_bound
+    n = g.n
+    loss, rescue = np.rint(g.loss), np.rint(g.rescue)
+    with np.errstate(invalid="ignore"):
+        hi = np.where(loss >= n, 1.0, beta.ppf(1 - a, loss + 1, np.maximum(n - loss, 1)))
+        lo = np.where(rescue <= 0, 0.0, beta.ppf(a, np.maximum(rescue, 1), n - rescue + 1))
+    return hi - lo
 
 
 def for_budget(trace: Trace, grids: dict[int, list], budget: float) -> tuple[Thresholds, float, float]:
     """Most accurate thresholds whose mean FLOPs <= budget x full depth (ties: fewer FLOPs)."""
     full = trace.flops[trace.num_layers]
+    if _small(trace, grids):
+        g = evaluate_grid(trace, grids)
+        feasible = g.flops / g.n <= budget * full + 1e-6
+        score = np.where(feasible, g.correct - 1e-9 * g.flops / full, -np.inf)
+        idx = np.unravel_index(int(np.argmax(score)), score.shape)
+        t = _pick(grids, trace.exits, idx)
+        acc, fl, _ = evaluate(trace, t)
+        return t, acc, fl
 
     def key(acc, fl, corr):
         return (round(acc, 9), -fl) if fl <= budget * full + 1e-6 else None
@@ -94,6 +150,14 @@ def for_max_drop(
     trace: Trace, grids: dict[int, list], max_drop: float, confidence: float = 0.95
 ) -> tuple[Thresholds, float, float]:
     """Fewest FLOPs whose upper confidence bound on the accuracy drop stays below `max_drop` (a fraction)."""
+    if _small(trace, grids):
+        g = evaluate_grid(trace, grids)
+        ok = _drop_bounds(g, confidence) < max_drop
+        score = np.where(ok, -g.flops + 1e-6 * g.correct, -np.inf)
+        idx = np.unravel_index(int(np.argmax(score)), score.shape)
+        t = _pick(grids, trace.exits, idx)
+        acc, fl, _ = evaluate(trace, t)
+        return t, acc, fl
 
     def key(acc, fl, corr):
         if drop_upper_bound(corr, trace.full_correct, confidence) >= max_drop:

@@ -1,0 +1,275 @@
+"""Early exit: the runtime's cascade against independent torch computations, batch compaction,
+threshold search and the gate fit, and the whole quantize-with-exits path on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel
+
+from ovclip.checkpoint import load_checkpoint
+from ovclip.deployment import read_manifest, write_manifest
+from ovclip.exits.cascade import Trace, evaluate, exit_layers
+from ovclip.exits.gate_fit import fit_gate
+from ovclip.exits.heads import SSAHead, export_head
+from ovclip.exits.policy import ExitPolicy
+from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
+from ovclip.export import ExportOptions, export_deployment
+from ovclip.runtime import Deployment
+
+LAYERS, WIDTH, EMB, IMG = 4, 64, 32, 64
+EXITS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=49408,
+            eos_token_id=49407,
+            bos_token_id=49406,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=WIDTH,
+            intermediate_size=128,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=2,
+            image_size=IMG,
+            patch_size=32,
+        ),
+        projection_dim=EMB,
+    )
+    model = CLIPModel(cfg).eval()
+    root = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(root / "hf")
+    ckpt = load_checkpoint(str(root / "hf"))
+    folder = root / "fp32"
+    export_deployment(ckpt, folder, ExportOptions(exits=",".join(map(str, EXITS))))
+    heads = {}
+    data = json.loads((folder / "manifest.json").read_text())
+    data.pop("files")
+    tokens = (IMG // 32) ** 2 + 1
+    for L in EXITS:
+        torch.manual_seed(L)
+        heads[L] = SSAHead(WIDTH, EMB).eval()
+        ov.save_model(export_head(heads[L], tokens, WIDTH), folder / f"exit_head_{L}.xml", compress_to_fp16=False)
+    policy = ExitPolicy("confidence", EXITS, {L: f"exit_head_{L}.xml" for L in EXITS}, {L: None for L in EXITS})
+    data["exit_policy"] = policy.to_dict()
+    write_manifest(folder, data)
+    return model, heads, folder, policy
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return np.random.default_rng(0).standard_normal((7, 3, IMG, IMG)).astype(np.float32)
+
+
+def _torch_reference(model, heads, px):
+    with torch.no_grad():
+        out = model.vision_model(pixel_values=torch.from_numpy(px), output_hidden_states=True)
+        hidden = out.hidden_states  # hidden[L] is after block L
+        full = F.normalize(model.get_image_features(pixel_values=torch.from_numpy(px)).pooler_output, dim=-1)
+        head = {L: F.normalize(heads[L](hidden[L][:, 1:].mean(1)), dim=-1) for L in heads}
+    return full.numpy(), {L: h.numpy() for L, h in head.items()}
+
+
+def test_never_exit_gives_exact_full_depth(tiny, pixels):
+    model, heads, folder, policy = tiny
+    dep = Deployment(folder)
+    cls = np.eye(3, EMB, dtype=np.float32)
+    off = dep.run_vision(pixels, cls, early_exit=False)
+    never = dep.run_vision(pixels, cls, policy=policy.with_thresholds({L: None for L in EXITS}))
+    assert np.array_equal(off.embeddings, never.embeddings)
+    assert (never.exit_layer == LAYERS).all()
+    full, _ = _torch_reference(model, heads, pixels)
+    cos = np.sum(off.embeddings * full, axis=1)
+    assert cos.min() > 0.9999
+
+
+@pytest.mark.parametrize("layer", EXITS)
+def test_always_exit_at_layer_gives_that_heads_output(tiny, pixels, layer):
+    model, heads, folder, policy = tiny
+    dep = Deployment(folder)
+    cls = np.eye(3, EMB, dtype=np.float32)
+    thresholds = {L: (-1.0 if layer == L else None) for L in EXITS}  # confidence is always >= -1
+    out = dep.run_vision(pixels, cls, policy=policy.with_thresholds(thresholds))
+    assert (out.exit_layer == layer).all()
+    _, head = _torch_reference(model, heads, pixels)
+    assert np.abs(out.embeddings - head[layer]).max() < 1e-5
+    assert np.allclose(out.scores, dep.logit_scale * head[layer] @ cls.T, atol=1e-3)
+
+
+def test_batch_compaction_keeps_order_and_every_sample(tiny):
+    model, heads, folder, policy = tiny
+    dep = Deployment(folder)
+    rng = np.random.default_rng(1)
+    px = rng.standard_normal((23, 3, IMG, IMG)).astype(np.float32)
+    cls = rng.standard_normal((5, EMB)).astype(np.float32)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    # thresholds at the median confidence of each exit, so samples leave at every exit and some reach the end
+    probe = dep.run_vision(px, cls, policy=policy.with_thresholds({EXITS[0]: -1.0}))
+    conf = np.exp(probe.scores - probe.scores.max(1, keepdims=True))
+    conf = (conf / conf.sum(1, keepdims=True)).max(1)
+    tau = float(np.quantile(conf, 0.6))
+    mixed = policy.with_thresholds({L: tau for L in EXITS})
+    batch = dep.run_vision(px, cls, policy=mixed)
+    assert len(set(batch.exit_layer.tolist())) >= 3, batch.exit_layer
+    for i in range(len(px)):
+        one = dep.run_vision(px[i : i + 1], cls, policy=mixed)
+        assert one.exit_layer[0] == batch.exit_layer[i]
+        assert np.abs(one.embeddings[0] - batch.embeddings[i]).max() < 1e-5
+    _, head = _torch_reference(model, heads, px)
+    full, _ = _torch_reference(model, heads, px)
+    for i, L in enumerate(batch.exit_layer):
+        ref = full[i] if L == LAYERS else head[int(L)][i]
+        assert np.abs(batch.embeddings[i] - ref).max() < 1e-4
+
+
+def _trace(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    exits = [2, 3]
+    score = {e: rng.random(n) for e in exits}
+    # an exit is right more often when its score is high; full depth is right 70% of the time
+    correct = {e: rng.random(n) < 0.4 + 0.55 * score[e] for e in exits}
+    full = rng.random(n) < 0.7
+    flops = {2: 50.0, 3: 75.0, 4: 100.0}
+    return Trace(exits, score, correct, full, flops, 4)
+
+
+def test_cascade_by_hand():
+    tr = Trace(
+        [1, 2],
+        {1: np.array([0.9, 0.1, 0.1]), 2: np.array([0.0, 0.8, 0.2])},
+        {1: np.array([True, False, False]), 2: np.array([False, True, False])},
+        np.array([False, False, True]),
+        {1: 10.0, 2: 20.0, 3: 30.0},
+        3,
+    )
+    t = {1: 0.5, 2: 0.5}
+    assert exit_layers(tr, t).tolist() == [1, 2, 3]
+    acc, fl, corr = evaluate(tr, t)
+    assert acc == 1.0 and fl == pytest.approx(20.0) and corr.tolist() == [True, True, True]
+    assert evaluate(tr, {1: None, 2: None})[0] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("budget", [0.6, 0.8, 0.95])
+def test_budget_search_respects_budget_and_beats_every_feasible_grid_point(budget):
+    tr = _trace()
+    grids = {e: grid(tr.score[e], 9) for e in tr.exits}
+    t, acc, fl = for_budget(tr, grids, budget)
+    assert fl <= budget * 100 + 1e-9
+    for a in grids[2]:
+        for b in grids[3]:
+            acc2, fl2, _ = evaluate(tr, {2: a, 3: b})
+            if fl2 <= budget * 100:
+                assert acc2 <= acc + 1e-12
+
+
+def test_drop_bound_against_hand_binomial():
+    from scipy.stats import beta
+
+    ee = np.array([True] * 90 + [False] * 10)
+    full = np.array([True] * 85 + [False] * 5 + [True] * 10)  # loss 10, rescue 5
+    hi = beta.ppf(0.975, 11, 90)
+    lo = beta.ppf(0.025, 5, 96)
+    assert drop_upper_bound(ee, full, 0.95) == pytest.approx(hi - lo)
+
+
+def test_max_drop_search_meets_its_bound():
+    tr = _trace(2000, 1)
+    grids = {e: grid(tr.score[e], 11) for e in tr.exits}
+    t, acc, fl = for_max_drop(tr, grids, 0.02)
+    _, _, corr = evaluate(tr, t)
+    assert drop_upper_bound(corr, tr.full_correct) < 0.02
+
+
+def test_gate_fit_matches_sklearn():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    logits = rng.standard_normal((n, 6)) * 2
+    sav = rng.random(n) * 5
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    c = p.max(1)
+    y = rng.random(n) < 1 / (1 + np.exp(-(4 * c - 0.3 * sav)))
+    gate = fit_gate(logits, sav, y, ridge=0.0)
+    x = gate.features(logits, sav)
+    ref = LogisticRegression(C=np.inf, max_iter=5000, tol=1e-10).fit(x, y)
+    assert np.allclose(gate.w, ref.coef_[0], atol=1e-3)
+    assert gate.b == pytest.approx(ref.intercept_[0], abs=1e-3)
+    assert np.allclose(gate(logits, sav), ref.predict_proba(x)[:, 1], atol=1e-3)
+
+
+def test_quantize_with_exits_end_to_end(tiny, tmp_path):
+    from ovclip.bench.runner import BenchSettings, bench_folder
+    from ovclip.data.builtin import builtin_calibration, builtin_eval
+    from ovclip.exits.build import ExitBuildConfig
+    from ovclip.exits.heads import HeadTrainConfig
+    from ovclip.quantize import QuantizationConfig
+    from ovclip.quantize.pipeline import quantize_deployment
+
+    model, _, folder, _ = tiny
+    ckpt = load_checkpoint(str(folder.parent / "hf"))
+    calib = builtin_calibration().subset(np.arange(600))
+    ee = ExitBuildConfig(flops_budget=0.9, min_images=300, head=HeadTrainConfig(epochs=3))
+    out = tmp_path / "int8"
+    m = quantize_deployment(
+        ckpt,
+        out,
+        calib,
+        QuantizationConfig(subset_size=16, smooth_quant_alpha=None),
+        exits="1,2,3",
+        early_exit=ee,
+        log=lambda s: None,
+    )
+    policy = m["exit_policy"]
+    assert policy["rule"] == "gate" and policy["exits"] == [1, 2, 3]
+    assert set(policy["gates"]) == {"1", "2", "3"}
+    assert m["exit_policy_embedding"]["rule"] == "agreement"
+    assert read_manifest(out).vision["exits"] == [1, 2, 3]
+    info = policy["info"]
+    assert info["splits"]["heads"] + info["splits"]["gate"] + info["splits"]["thresholds"] == 600
+    assert info["rules"]["gate"]["calibration_flops_saving"] >= 0.1 - 1e-9
+    data = builtin_eval().subset(np.arange(48))
+    recs = bench_folder(
+        out, BenchSettings(seconds=0.3, batch=8, pool=16), data, ["a photo of a {}."], log=lambda s: None
+    )
+    assert [r["variant"] for r in recs] == ["int8", "int8-ee"]
+    ee_rec = recs[1]
+    assert sum(ee_rec["exit_histogram"].values()) == 48
+    assert ee_rec["rescue"]["n"] == 48
+    q = ee_rec["rescue"]
+    assert q["both_correct"] + q["rescue"] == round(ee_rec["top1"] * 48)
+    assert q["both_correct"] + q["loss"] == round(recs[0]["top1"] * 48)
+
+
+def test_grid_evaluation_equals_one_by_one():
+    from ovclip.exits.thresholds import _drop_bounds, evaluate_grid
+
+    rng = np.random.default_rng(3)
+    n, exits = 500, [2, 5, 7]
+    score = {e: rng.random(n) for e in exits}
+    correct = {e: rng.random(n) < 0.3 + 0.6 * score[e] for e in exits}
+    tr = Trace(exits, score, correct, rng.random(n) < 0.6, {2: 20.0, 5: 50.0, 7: 70.0, 8: 80.0}, 8)
+    grids = {e: grid(score[e], 7) for e in exits}
+    g = evaluate_grid(tr, grids)
+    bounds = _drop_bounds(g, 0.95)
+    for idx in [(0, 0, 0), (1, 2, 3), (7, 0, 5), (3, 7, 1), (2, 2, 2)]:
+        t = {e: grids[e][i] for e, i in zip(exits, idx, strict=True)}
+        acc, fl, corr = evaluate(tr, t)
+        assert g.correct[idx] == pytest.approx(acc * n)
+        assert g.flops[idx] == pytest.approx(fl * n)
+        assert bounds[idx] == pytest.approx(drop_upper_bound(corr, tr.full_correct, 0.95))
