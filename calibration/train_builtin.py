@@ -184,8 +184,9 @@ def train(spec: dict, classes: dict, templates: dict, epochs: int | None) -> Non
             step, elapsed = state["step"], state["elapsed"]
             history = json.loads(state["history"])
             if state["total"] != total:  # the epoch count was changed part-way: say so in the log
-                history.append({"schedule_changed_at_step": step, "from_total_steps": state["total"],
-                                "to_total_steps": total})
+                history.append(
+                    {"schedule_changed_at_step": step, "from_total_steps": state["total"], "to_total_steps": total}
+                )
             print(f"resuming at step {step}/{total} ({elapsed / 60:.1f} min trained so far)")
         else:
             print("saved state is past this schedule's end; starting over")

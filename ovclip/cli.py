@@ -251,6 +251,9 @@ main.add_command(devices)
 from ovclip.analyze.command import analyze  # noqa: E402
 
 main.add_command(analyze)
+from ovclip.verify import verify  # noqa: E402
+
+main.add_command(verify)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -43,7 +43,8 @@ def _vocab_path() -> Path:
 
 def build_clip_tokenizer(bpe_path: str | Path | None = None) -> Tokenizer:
     """Build CLIP's tokenizer (49,408 ids) from the gzipped BPE merge list."""
-    lines = gzip.open(bpe_path or _vocab_path(), "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(bpe_path or _vocab_path(), "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     symbols = list(_byte_to_unicode().values())
     symbols = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]

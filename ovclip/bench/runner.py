@@ -109,7 +109,12 @@ def bench_folder(
             class_emb = dep.class_embeddings(dataset.prompt_names, templates)
         if dataset is not None and trained and settings.accuracy:
             acc = accuracy_pass(
-                dep, dataset, class_emb, ee, settings.batch * 8, tick=tick and (lambda f: tick(f"{name} accuracy", f))
+                dep,
+                dataset,
+                class_emb,
+                ee,
+                settings.batch * 8,
+                tick=tick and (lambda f, name=name: tick(f"{name} accuracy", f)),
             )
             rec.update(n_images=acc.n, top1=acc.top1, top5=acc.top5)
             rec["_correct"] = acc.correct
@@ -127,7 +132,11 @@ def bench_folder(
             dep.run_vision(batch, class_emb, early_exit=ee)
 
         timing = measure(
-            run, pool, nireq=nireq, seconds=settings.seconds, on_tick=tick and (lambda f: tick(f"{name} timing", f))
+            run,
+            pool,
+            nireq=nireq,
+            seconds=settings.seconds,
+            on_tick=tick and (lambda f, name=name: tick(f"{name} timing", f)),
         )
         rec.update(timing.as_dict())
         log(f"{Path(folder).name} {name}: {timing.throughput_fps:.1f} img/s")

@@ -288,7 +288,8 @@ def build_exits(
     s = summary["gate"]
     log(
         f"policy (gate): thresholds {s['thresholds']}, calibration top-1 {100 * s['calibration_top1']:.2f}% vs "
-        f"full depth {100 * s['calibration_full_depth_top1']:.2f}%, FLOPs saving {100 * s['calibration_flops_saving']:.1f}%"
+        f"full depth {100 * s['calibration_full_depth_top1']:.2f}%, "
+        f"FLOPs saving {100 * s['calibration_flops_saving']:.1f}%"
     )
     info = {
         "objective": (

@@ -74,9 +74,8 @@ def compile_model(model: ov.Model | str | Path, device: str, config: dict) -> ov
         return core().compile_model(model if isinstance(model, ov.Model) else str(model), device, config)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OvclipError(
-            f"OpenVINO could not compile {model if not isinstance(model, ov.Model) else 'the model'} for {device}: {first}"
-        ) from e
+        what = "the model" if isinstance(model, ov.Model) else model
+        raise OvclipError(f"OpenVINO could not compile {what} for {device}: {first}") from e
 
 
 def supports_bf16(device: str = "CPU") -> bool:
