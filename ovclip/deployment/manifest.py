@@ -84,14 +84,17 @@ def read_manifest(folder: str | Path, *, verify: bool = True) -> Manifest:
         raise OvclipError(f"{folder}: no {MANIFEST}, so this is not an ovclip deployment folder (or it is incomplete)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise OvclipError(f"{path}: unreadable manifest ({e}); re-export the folder") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if not isinstance(data, dict):
+        kind = {list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), "null")
+        raise OvclipError(f"{path}: not an ovclip manifest (a JSON {kind}, not an object)")
+    if data.get("format") != FORMAT:
         raise OvclipError(f"{path}: not an ovclip manifest (format is {data.get('format')!r})")
     fv = data.get("format_version")
     if fv != FORMAT_VERSION:
         raise OvclipError(
-            f"{path}: manifest format version {fv} is not supported by this ovclip (reads {FORMAT_VERSION}); "
+            f"{path}: manifest format version {fv!r} is not supported by this ovclip (reads {FORMAT_VERSION}); "
             "re-export the folder or upgrade ovclip"
         )
     manifest = Manifest(folder, data)
