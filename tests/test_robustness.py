@@ -147,6 +147,12 @@ def broken_deployments(fp32, tmp_path_factory) -> dict[str, Path]:
     (copy("not_json") / "manifest.json").write_text("{ this is not JSON")
     (copy("binary_manifest") / "manifest.json").write_bytes(os.urandom(256))
     shutil.copy(fp32 / "text.xml", copy("stray_ir") / "old_text.xml")
+    (copy("array_manifest") / "manifest.json").write_text("[]")
+    (copy("null_manifest") / "manifest.json").write_text("null")
+    (copy("dir_manifest") / "manifest.json").unlink()
+    (out["dir_manifest"] / "manifest.json").mkdir()
+    m = copy("string_version") / "manifest.json"
+    m.write_text(json.dumps({**json.loads(m.read_text()), "format_version": "1"}))
     return out
 
 
@@ -249,6 +255,10 @@ CASES = [
             ("altered_bin", lambda p: ["vision_stage0.bin", "sha256"]),
             ("not_json", lambda p: [p["not_json"] / "manifest.json", "unreadable manifest"]),
             ("binary_manifest", lambda p: [p["binary_manifest"] / "manifest.json"]),
+            ("array_manifest", lambda p: [p["array_manifest"] / "manifest.json", "not an ovclip manifest"]),
+            ("null_manifest", lambda p: [p["null_manifest"] / "manifest.json", "not an ovclip manifest"]),
+            ("dir_manifest", lambda p: [p["dir_manifest"] / "manifest.json", "unreadable manifest"]),
+            ("string_version", lambda p: ["manifest.json", "format version '1'"]),
         ]
     ],
     Case("verify-stray-ir", lambda p: ["verify", p["stray_ir"]], lambda p: ["old_text.xml", "unexpected IR file"]),
@@ -457,6 +467,20 @@ def test_verify_refuses_names_outside_the_folder(fp32, tmp_path, name):
     m.write_text(json.dumps(data))
     report = verify_deployment(folder)
     assert not report.ok and "not a file name inside the folder" in report.problems[0]
+
+
+def test_verify_needs_the_checksum_list(fp32, tmp_path):
+    """Without 'files' there is nothing to check the IRs against: verify says so (read_manifest does not)."""
+    from ovclip.verify import verify_deployment
+
+    folder = tmp_path / "dep"
+    shutil.copytree(fp32, folder)
+    m = folder / "manifest.json"
+    data = json.loads(m.read_text())
+    del data["files"]
+    m.write_text(json.dumps(data))
+    report = verify_deployment(folder)
+    assert not report.ok and "no 'files'" in report.problems[0]
 
 
 # --- real processes: nothing but the one line reaches stderr -------------------------------------------
