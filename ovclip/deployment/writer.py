@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import shutil
 import uuid
@@ -25,6 +26,11 @@ def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path
         raise OvclipError(f"{out} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise OvclipError(f"{out} exists and is not a folder; choose another --out")
+    if out.exists() and not _replaceable(out):
+        raise OvclipError(
+            f"{out} is not an ovclip deployment folder (no ovclip manifest.json, and files other than IR/JSON); "
+            "--overwrite replaces only deployment folders: choose another --out or remove it yourself"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.ovclip-tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -45,6 +51,20 @@ def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, out)
+
+
+def _replaceable(folder: Path) -> bool:
+    """--overwrite may delete `folder` only if it is empty, holds an ovclip manifest, or holds nothing but
+    IR and JSON files (a deployment folder whose manifest is damaged): never a folder of other files."""
+    from ovclip.deployment.manifest import FORMAT, MANIFEST
+
+    try:
+        data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            return True
+    except (OSError, ValueError):
+        pass
+    return all(p.is_dir() or p.suffix.lower() in (".xml", ".bin", ".json") for p in folder.rglob("*"))
 
 
 def _exchange(a: Path, b: Path) -> bool:
