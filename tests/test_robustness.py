@@ -350,6 +350,33 @@ def test_export_into_existing_folder_needs_overwrite(paths, tmp_path):
     assert not list(tmp_path.glob(".dep.ovclip-tmp-*"))
 
 
+@pytest.mark.parametrize(
+    "files",
+    [{"docs/thesis.txt": "years of work"}, {"manifest.json": '{"name": "my web app"}', "index.html": "<html>"}],
+    ids=["user-files", "web-app-manifest"],
+)
+def test_overwrite_never_deletes_a_folder_that_is_not_a_deployment(paths, tmp_path, files):
+    """`--out . --overwrite` (or a typo) must not replace the working folder or any other folder of files."""
+    out = tmp_path / "mine"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = _tree(out)
+    result = run("export", "--model", paths["tiny"], "--out", out, "--overwrite")
+    assert_one_clear_line(result, out, "not an ovclip deployment folder", "--overwrite")
+    assert _tree(out) == before
+    assert not list(tmp_path.glob(".mine.ovclip-tmp-*"))
+
+
+def test_overwrite_repairs_a_damaged_deployment(paths, broken_deployments, tmp_path):
+    """The errors say 're-export the folder': --overwrite must be able to replace a damaged one."""
+    out = tmp_path / "dep"
+    shutil.copytree(broken_deployments["not_json"], out)
+    result = run("export", "--model", paths["tiny"], "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.stderr
+    assert run("verify", out).exit_code == 0
+
+
 def test_export_out_is_a_file(paths, tmp_path):
     out = tmp_path / "dep"
     out.write_text("a file where the folder should go")
