@@ -607,14 +607,18 @@ def test_encode_nothing_is_an_error(dep):
     reason="bug: Deployment compiles IRs lazily by path, so after `export --overwrite` swaps the folder an "
     "existing Deployment runs the new IRs against the old manifest (ovclip/runtime/deployment.py, compiled())",
 )
-def test_deployment_survives_folder_swap(tiny, tmp_path):
+def test_deployment_survives_folder_swap(tiny, fp32, tmp_path):
     """A pipeline holds a Deployment while a new export replaces its folder: it keeps serving the old model."""
     from ovclip.checkpoint import load_checkpoint
     from ovclip.export import ExportOptions, export_deployment
 
     ckpt = load_checkpoint(str(tiny[0]))
     folder = tmp_path / "dep"
-    export_deployment(ckpt, folder, ExportOptions(exits="3"))
+    shutil.copytree(fp32, folder)  # split after block 3 (the default for 4 blocks)
+    assert [s["blocks"] for s in json.loads((folder / "manifest.json").read_text())["vision"]["stages"]] == [
+        [1, 3],
+        [4, 4],
+    ]
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     dep = Deployment(folder)
     before = Deployment(folder).run_vision(x).embeddings
