@@ -272,6 +272,9 @@ def main() -> None:
     pcfg = PreprocessConfig.load(Path(src) / "preprocessor_config.json")
     tokenizer = ClipTokenizer.builtin()
     work = args.work
+    for d in args.ovclip or []:
+        if d.resolve().is_relative_to(work.resolve()):
+            sys.exit(f"--ovclip {d} lies inside --work {work}, which is emptied first; give another --work")
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
