@@ -109,7 +109,7 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     type=float,
     default=None,
     help="Early exit: fastest thresholds whose accuracy drop vs full depth stays below this many points "
-    "(95%% upper confidence bound on the calibration split).",
+    "(95% upper confidence bound on the calibration split).",
 )
 @click.option(
     "--target-device",

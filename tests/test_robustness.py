@@ -602,11 +602,6 @@ def test_encode_nothing_is_an_error(dep):
         dep.encode_text([])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: Deployment compiles IRs lazily by path, so after `export --overwrite` swaps the folder an "
-    "existing Deployment runs the new IRs against the old manifest (ovclip/runtime/deployment.py, compiled())",
-)
 def test_deployment_survives_folder_swap(tiny, fp32, tmp_path):
     """A pipeline holds a Deployment while a new export replaces its folder: it keeps serving the old model."""
     from ovclip.checkpoint import load_checkpoint

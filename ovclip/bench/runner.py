@@ -122,6 +122,7 @@ def bench_folder(
                 rec["exit_histogram"] = exit_histogram(acc.exit_layer, dep.policy.exits, vision["num_layers"])
                 rec["flops_per_image"] = acc.mean_flops
                 rec["flops_saving"] = 1 - acc.mean_flops / full_depth_flops(vision, emb_dim)
+                rec["pareto"] = pareto_on_data(dep, dataset, class_emb, settings.batch * 8)
         pool = timing_pool(dep, dataset, settings, trained)
         if ee and class_emb is None and dep.policy.needs_labels:
             raise OvclipError(
@@ -195,3 +196,46 @@ def accuracy_pass(dep: Deployment, dataset, class_emb: np.ndarray, ee: bool, chu
         exit_layer=el,
         mean_flops=mean_flops(dep.vision, int(dep.manifest["embedding_dim"]), el, exits, s.shape[1]),
     )
+
+
+def pareto_on_data(dep: Deployment, dataset, class_emb: np.ndarray, chunk: int) -> list[dict]:
+    """Accuracy vs FLOPs saving on this data for the thresholds the policy stored per budget, for the
+    learned gate and the confidence-only baseline (one traced pass: every head on every image)."""
+    from ovclip.exits.cascade import evaluate
+    from ovclip.exits.trace import trace_for_rule
+    from ovclip.runtime.deployment import trace_vision
+
+    policy = dep.policy
+    rows = policy.info.get("pareto") or []
+    if not rows:
+        return []
+    heads: dict[int, list] = {L: [] for L in policy.exits}
+    finals = []
+    for i in range(0, len(dataset), chunk):
+        t = trace_vision(dep, dataset.pixels(np.arange(i, min(i + chunk, len(dataset))), dep.preprocess_config), policy)
+        for L, v in t["heads"].items():
+            heads[L].append(v)
+        finals.append(t["final"])
+    merged = {L: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for L, v in heads.items()}
+    final = np.concatenate(finals)
+    emb_dim = int(dep.manifest["embedding_dim"])
+    out = []
+    traces = {
+        rule: trace_for_rule(
+            policy, rule, merged, final, class_emb, dataset.labels, dep.logit_scale, dep.vision, emb_dim
+        )
+        for rule in ("gate", "confidence")
+    }
+    full = traces["gate"].flops[dep.num_layers]
+    for row in rows:
+        point = {"budget": row["budget"]}
+        for rule, tr in traces.items():
+            t = {int(k): v for k, v in row[rule]["thresholds"].items()}
+            acc, fl, _ = evaluate(tr, t)
+            point[rule] = {
+                "top1": acc,
+                "flops_saving": 1 - fl / full,
+                "calibration_top1": row[rule]["calibration_top1"],
+            }
+        out.append(point)
+    return out

@@ -106,7 +106,17 @@ def read_manifest(folder: str | Path, *, verify: bool = True) -> Manifest:
 def verify_files(manifest: Manifest) -> list[str]:
     """Raise OvclipError on the first missing or altered file; return the checked names."""
     checked = []
-    for name, digest in manifest.data.get("files", {}).items():
+    files = manifest.data.get("files")
+    if not isinstance(files, dict) or not files:
+        raise OvclipError(f"{manifest.folder}: the manifest lists no file checksums; re-export the folder")
+    ir = [s.get("file") for s in manifest.data.get("vision", {}).get("stages", [])]
+    ir.append(manifest.data.get("text", {}).get("file"))
+    for key in ("exit_policy", "exit_policy_embedding"):
+        ir += list((manifest.data.get(key) or {}).get("heads", {}).values())
+    unlisted = sorted({f for f in ir if f and f not in files})
+    if unlisted:
+        raise OvclipError(f"{manifest.folder}: {unlisted[0]} is used but has no checksum in the manifest; re-export")
+    for name, digest in files.items():
         p = manifest.folder / name
         if not p.exists():
             raise OvclipError(f"{manifest.folder}: file {name} listed in the manifest is missing; re-export the folder")

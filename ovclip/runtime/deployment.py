@@ -12,6 +12,7 @@ object is safe to call from several threads at once.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,19 @@ class VisionOutput:
     embeddings: np.ndarray  # (N, E) float32, L2-normalised
     exit_layer: np.ndarray  # (N,) int32: the block after which each sample left (num_layers = full depth)
     scores: np.ndarray | None  # (N, C) logits against the class embeddings, when given
+
+
+CLASS_CACHE_SIZE = 64  # label sets whose text embeddings are kept
+
+
+def _read_model(path: Path) -> ov.Model:
+    from ovclip.runtime.device import core
+
+    try:
+        return core().read_model(str(path))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OvclipError(f"{path}: OpenVINO cannot read this IR ({first}); re-export the folder") from None
 
 
 def l2n(x: np.ndarray) -> np.ndarray:
@@ -70,13 +84,23 @@ class Deployment:
         self._compiled: dict[str, ov.CompiledModel] = {}
         self._lock = threading.Lock()
         self._tls = threading.local()
-        self._class_cache: dict[tuple, np.ndarray] = {}
+        self._class_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        # Read every IR now: the files checked above are the ones that run, even if the folder is
+        # replaced on disk while this object lives.
+        self._models = {f: _read_model(self.folder / f) for f in self._ir_files()}
+
+    def _ir_files(self) -> list[str]:
+        files = [s["file"] for s in self.vision["stages"]] + [self.manifest["text"]["file"]]
+        for p in (self.policy, self.embedding_policy):
+            if p is not None:
+                files += [p.head_file(e) for e in p.exits]
+        return list(dict.fromkeys(files))
 
     # -- compiled models and per-thread requests ---------------------------------------------------
     def compiled(self, file: str) -> ov.CompiledModel:
         with self._lock:
             if file not in self._compiled:
-                self._compiled[file] = compile_model(self.folder / file, self.device, self._config)
+                self._compiled[file] = compile_model(self._models[file], self.device, self._config)
             return self._compiled[file]
 
     def _request(self, file: str) -> ov.InferRequest:
@@ -127,11 +151,19 @@ class Deployment:
     def class_embeddings(self, prompt_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
         """(C, E): per class, the mean of its normalised prompt embeddings over templates, renormalised."""
         key = (tuple(prompt_names), tuple(templates))
-        if key not in self._class_cache:
-            prompts = [p for per_class in class_prompts(list(prompt_names), list(templates)) for p in per_class]
-            emb = self.encode_text(prompts).reshape(len(prompt_names), len(templates), -1)
-            self._class_cache[key] = l2n(emb.mean(1))
-        return self._class_cache[key]
+        with self._lock:
+            hit = self._class_cache.get(key)
+            if hit is not None:
+                self._class_cache.move_to_end(key)
+                return hit
+        prompts = [p for per_class in class_prompts(list(prompt_names), list(templates)) for p in per_class]
+        emb = self.encode_text(prompts).reshape(len(prompt_names), len(templates), -1)
+        out = l2n(emb.mean(1))
+        with self._lock:
+            self._class_cache[key] = out
+            while len(self._class_cache) > CLASS_CACHE_SIZE:
+                self._class_cache.popitem(last=False)
+        return out
 
     # -- images ------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -147,6 +179,12 @@ class Deployment:
     ) -> VisionOutput:
         """Run the stages in order; after each exit stage, samples the policy lets go leave the batch."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        size = self.vision["image_size"]
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
+            raise OvclipError(
+                f"{self.folder}: images must be a (N, 3, {size}, {size}) array (see Deployment.preprocess); "
+                f"got shape {pixels.shape}"
+            )
         n = len(pixels)
         if policy is None:
             policy = self.policy if class_embeddings is not None else self.embedding_policy
@@ -190,3 +228,26 @@ class Deployment:
         self, pixels: np.ndarray, prompt_names: Sequence[str], templates: Sequence[str], *, early_exit: bool = True
     ) -> VisionOutput:
         return self.run_vision(pixels, self.class_embeddings(prompt_names, templates), early_exit=early_exit)
+
+
+def trace_vision(dep: Deployment, pixels: np.ndarray, policy: ExitPolicy) -> dict:
+    """Full depth with every exit head of `policy` evaluated on every sample (no sample leaves).
+
+    Returns {"heads": {L: (normalised head embedding, SAV)}, "final": normalised full-depth embedding};
+    with it any thresholds can be tried offline (ovclip.exits.cascade) without running the model again.
+    """
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    heads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    h = pixels
+    final = None
+    for stage in dep.vision["stages"]:
+        out = dep.infer(stage["file"], h)[0]
+        end = stage["blocks"][1]
+        if end == dep.num_layers:
+            final = l2n(out)
+            break
+        if end in policy.exits:
+            emb, sav = dep.infer(policy.head_file(end), out)[:2]
+            heads[end] = (l2n(emb), sav.reshape(-1))
+        h = np.ascontiguousarray(out)
+    return {"heads": heads, "final": final}
