@@ -100,6 +100,8 @@ class Deployment:
     def compiled(self, file: str) -> ov.CompiledModel:
         with self._lock:
             if file not in self._compiled:
+                if file not in self._models:  # an IR of a policy passed at run time
+                    self._models[file] = _read_model(self.folder / file)
                 self._compiled[file] = compile_model(self._models[file], self.device, self._config)
             return self._compiled[file]
 
