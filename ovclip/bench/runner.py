@@ -228,6 +228,8 @@ def pareto_on_data(dep: Deployment, dataset, class_emb: np.ndarray, chunk: int) 
     }
     full = traces["gate"].flops[dep.num_layers]
     for row in rows:
+        if any(row[r].get("calibration_flops_saving", 1.0) < 1 - row["budget"] - 1e-9 for r in traces):
+            continue  # no thresholds met this budget on the calibration data
         point = {"budget": row["budget"]}
         for rule, tr in traces.items():
             t = {int(k): v for k, v in row[rule]["thresholds"].items()}

@@ -15,7 +15,7 @@ import numpy as np
 import openvino as ov
 
 from ovclip.errors import OvclipError
-from ovclip.exits.cascade import Trace, evaluate
+from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.flops import flops_to_exit
 from ovclip.exits.gate_fit import fit_gate
 from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, train_head
@@ -45,6 +45,9 @@ class ExitBuildConfig:
     head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
     split: tuple[float, float, float] = (0.5, 1 / 6, 1 / 3)  # heads, gate, thresholds
     min_images: int = 600
+    # An exit that few samples take costs a head, a gate and a stage boundary for every sample that passes
+    # it (wall-clock overhead the FLOPs count hides): exits taken by less than this share are dropped.
+    min_exit_share: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +63,22 @@ def default_candidates(n: int) -> list[int]:
     """The paper's candidate blocks 8..11 of 12 (block 9 is the one its pruning removes), scaled."""
     lo, hi = min(PAPER_EXITS_12), max(PAPER_EXITS_12)
     return sorted({max(1, min(n - 1, round(b * n / 12))) for b in range(lo, hi + 1)})
+
+
+def drop_idle_exits(layers: list[int], choose, min_share: float, log=print) -> list[int]:
+    """Remove, one at a time, the exit the calibrated policy sends the fewest samples to while that share
+    is below `min_share`; thresholds are chosen again after each removal."""
+    layers = list(layers)
+    while len(layers) > 1:
+        t, _, _, tr = choose(layers)
+        taken = exit_layers(tr, t)
+        share = {L: float(np.mean(taken == L)) for L in layers}
+        idle = min(layers, key=lambda L: share[L])
+        if share[idle] >= min_share:
+            break
+        log(f"exit after block {idle} takes {100 * share[idle]:.1f}% of samples (< {100 * min_share:.0f}%): dropped")
+        layers.remove(idle)
+    return layers
 
 
 @dataclass
@@ -252,6 +271,8 @@ def build_exits(
         log(f"--exits auto chose blocks {chosen}")
     else:
         chosen = kept
+    if not fixed:
+        chosen = drop_idle_exits(chosen, lambda layers: choose("gate", layers), cfg.min_exit_share, log)
 
     policies = {}
     summary = {}
@@ -278,7 +299,8 @@ def build_exits(
                 "calibration_top1": acc,
                 "calibration_flops_saving": 1 - fl / tr.flops[n_layers],
             }
-        pareto.append(row)
+        if all(row[r]["calibration_flops_saving"] >= 1 - budget - 1e-9 for r in ("gate", "confidence")):
+            pareto.append(row)  # budgets no thresholds can meet (too few FLOPs left) are not points
 
     head_files = {}
     for L in chosen:
