@@ -62,7 +62,10 @@ def plot_records(records: list[dict], path: Path) -> None:
                 ax2.axhline(100 * full["top1"], color="gray", ls=":", label="INT8 full depth")
         ax2.set_xlabel("FLOPs saving (%)")
         ax2.set_ylabel("zero-shot top-1 (%)")
-        ax2.set_title("early exit: top-1 vs FLOPs saving\n(thresholds from calibration data, measured on these images)", fontsize=10)
+        ax2.set_title(
+            "early exit: top-1 vs FLOPs saving\n(thresholds from calibration data, measured on these images)",
+            fontsize=10,
+        )
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
     fig.tight_layout()
