@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from transformers import CLIPConfig, CLIPModel
+from conftest import build_tiny_model
 
 from ovclip.deployment import read_manifest
 from ovclip.runtime import Deployment
@@ -44,19 +43,7 @@ STEP_TIMEOUT = 240
 
 
 def save_tiny_clip(folder: Path, seed: int = 0) -> None:
-    common = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2}
-    vision = {**common, "num_hidden_layers": 4, "image_size": 64, "patch_size": 32}
-    text = {
-        **common,
-        "num_hidden_layers": 2,
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "eos_token_id": 49407,
-        "bos_token_id": 49406,
-        "pad_token_id": 0,
-    }
-    torch.manual_seed(seed)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).eval().save_pretrained(folder)
+    build_tiny_model(seed).save_pretrained(folder)
 
 
 def staging(out: Path) -> list[Path]:
