@@ -84,9 +84,13 @@ def _torch_reference(model, heads, px):
     return full.numpy(), {L: h.numpy() for L, h in head.items()}
 
 
-def test_never_exit_gives_exact_full_depth(tiny, pixels):
+RUNTIMES = ["graph", "stages"]  # one OpenVINO graph per policy; stage by stage from Python (NPU's path)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_never_exit_gives_exact_full_depth(tiny, pixels, runtime):
     model, heads, folder, policy = tiny
-    dep = Deployment(folder)
+    dep = Deployment(folder, runtime=runtime)
     cls = np.eye(3, EMB, dtype=np.float32)
     off = dep.run_vision(pixels, cls, early_exit=False)
     never = dep.run_vision(pixels, cls, policy=policy.with_thresholds({L: None for L in EXITS}))
@@ -97,10 +101,11 @@ def test_never_exit_gives_exact_full_depth(tiny, pixels):
     assert cos.min() > 0.9999
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("layer", EXITS)
-def test_always_exit_at_layer_gives_that_heads_output(tiny, pixels, layer):
+def test_always_exit_at_layer_gives_that_heads_output(tiny, pixels, layer, runtime):
     model, heads, folder, policy = tiny
-    dep = Deployment(folder)
+    dep = Deployment(folder, runtime=runtime)
     cls = np.eye(3, EMB, dtype=np.float32)
     thresholds = {L: (-1.0 if layer == L else None) for L in EXITS}  # confidence is always >= -1
     out = dep.run_vision(pixels, cls, policy=policy.with_thresholds(thresholds))
@@ -110,9 +115,10 @@ def test_always_exit_at_layer_gives_that_heads_output(tiny, pixels, layer):
     assert np.allclose(out.scores, dep.logit_scale * head[layer] @ cls.T, atol=1e-3)
 
 
-def test_batch_compaction_keeps_order_and_every_sample(tiny):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_batch_compaction_keeps_order_and_every_sample(tiny, runtime):
     model, heads, folder, policy = tiny
-    dep = Deployment(folder)
+    dep = Deployment(folder, runtime=runtime)
     rng = np.random.default_rng(1)
     px = rng.standard_normal((23, 3, IMG, IMG)).astype(np.float32)
     cls = rng.standard_normal((5, EMB)).astype(np.float32)
@@ -134,6 +140,59 @@ def test_batch_compaction_keeps_order_and_every_sample(tiny):
     for i, L in enumerate(batch.exit_layer):
         ref = full[i] if L == LAYERS else head[int(L)][i]
         assert np.abs(batch.embeddings[i] - ref).max() < 1e-4
+
+
+def _gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> ExitPolicy:
+    from ovclip.exits.policy import Gate
+
+    w = np.array([2.0, -1.0, 0.5])
+    mu_sd = {L: (np.array([0.5, 0.2, sav[L].mean()]), np.array([0.2, 0.1, sav[L].std()])) for L in EXITS}
+    gates = {L: Gate(w, 0.1, *mu_sd[L]) for L in EXITS}
+    return ExitPolicy("gate", EXITS, policy.heads, {L: None for L in EXITS}, gates)
+
+
+@pytest.mark.parametrize("rule", ["gate", "confidence", "agreement"])
+def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
+    """Same exits and embeddings from the one-graph runtime as from the stage-by-stage numpy cascade."""
+    model, heads, folder, policy = tiny
+    rng = np.random.default_rng(2)
+    px = rng.standard_normal((41, 3, IMG, IMG)).astype(np.float32)
+    cls = rng.standard_normal((6, EMB)).astype(np.float32)
+    cls /= np.linalg.norm(cls, axis=1, keepdims=True)
+    stages = Deployment(folder, runtime="stages")
+    graph = Deployment(folder, runtime="graph")
+    heads_out = stages_trace(stages, px, policy)
+    trace = {L: e for L, (e, _) in heads_out.items()}
+    sav = {L: s for L, (_, s) in heads_out.items()}
+    base = {"gate": _gate_policy(policy, sav), "confidence": policy}.get(rule) or ExitPolicy(
+        "agreement", EXITS, policy.heads, {L: None for L in EXITS}
+    )
+    # per exit, a threshold near the 40% quantile of that exit's scores, so every exit takes some samples
+    thresholds, prev = {}, None
+    for L in EXITS:
+        scores = stages.logit_scale * trace[L] @ cls.T
+        s = base.score(L, scores, sav[L], prev, trace[L])
+        srt = np.sort(s[np.isfinite(s)])  # halfway between two scores: no sample sits on the threshold
+        thresholds[L] = None if len(srt) < 2 else float(srt[len(srt) * 2 // 5 - 1 : len(srt) * 2 // 5 + 1].mean())
+        prev = trace[L]
+    mixed = base.with_thresholds(thresholds)
+    ref = stages.run_vision(px, cls, policy=mixed)
+    out = graph.run_vision(px, cls, policy=mixed)
+    assert len(set(ref.exit_layer.tolist())) >= 3, ref.exit_layer
+    np.testing.assert_array_equal(out.exit_layer, ref.exit_layer)
+    np.testing.assert_allclose(out.embeddings, ref.embeddings, atol=1e-5)
+    np.testing.assert_allclose(out.scores, ref.scores, atol=1e-3)
+    # every sample leaves at the last exit: the final block runs on an empty batch inside the graph
+    last = base.with_thresholds({L: (-1e9 if EXITS[-1] == L else None) for L in EXITS})
+    out = graph.run_vision(px[:3], cls, policy=last)
+    assert (out.exit_layer == EXITS[-1]).all()
+    np.testing.assert_allclose(out.embeddings, trace[EXITS[-1]][:3], atol=1e-5)
+
+
+def stages_trace(dep: Deployment, px: np.ndarray, policy: ExitPolicy) -> dict:
+    from ovclip.runtime.deployment import trace_vision
+
+    return trace_vision(dep, px, policy)["heads"]
 
 
 def _trace(n=400, seed=0):

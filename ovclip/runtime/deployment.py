@@ -5,12 +5,16 @@
     out = dep.run_vision(pixels, class_embeddings=text)        # early exit per the folder's policy
     out.embeddings, out.exit_layer, out.scores
 
-One compiled model per IR is shared by all threads; each thread gets its own infer requests, so the
-object is safe to call from several threads at once.
+On devices with dynamic shapes (CPU, GPU) the stages, exit heads, gates and batch compaction of a policy
+are joined into one OpenVINO graph (`ovclip.runtime.exit_graph`) and run as one request per batch;
+static-shape devices (NPU) run stage by stage from Python (`runtime="stages"` forces that path anywhere).
+One compiled model per graph or IR is shared by all threads; each thread gets its own infer requests, so
+the object is safe to call from several threads at once.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -27,6 +31,7 @@ from ovclip.errors import OvclipError
 from ovclip.exits.policy import ExitPolicy
 from ovclip.preprocess import PreprocessConfig, preprocess
 from ovclip.runtime.device import check_device, compile_config, compile_model, executed_precision
+from ovclip.runtime.exit_graph import exit_graph
 from ovclip.tokenizer import ClipTokenizer
 
 
@@ -38,6 +43,8 @@ class VisionOutput:
 
 
 CLASS_CACHE_SIZE = 64  # label sets whose text embeddings are kept
+GRAPH_CACHE_SIZE = 8  # compiled one-graph policies kept (a policy passed at run time compiles its own)
+RUNTIMES = ("auto", "graph", "stages")
 
 
 def _read_model(path: Path) -> ov.Model:
@@ -64,6 +71,7 @@ class Deployment:
         inference_precision: str | None = "f32",
         verify: bool = True,
         streams: int | None = None,
+        runtime: str = "auto",
     ):
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder, verify=verify)
@@ -72,6 +80,13 @@ class Deployment:
         self._config = compile_config(self.device, hint, inference_precision if cpu else None, streams)
         self.vision = self.manifest.vision
         self.num_layers: int = self.vision["num_layers"]
+        if runtime not in RUNTIMES:
+            raise OvclipError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        static = self.manifest.get("static_batch") is not None
+        if runtime == "graph" and static:
+            raise OvclipError(f"{self.folder}: its IRs have a static batch; the one-graph runtime needs dynamic shapes")
+        self.runtime = "stages" if runtime == "stages" or static else "graph"
+        self._graphs: OrderedDict[str, ov.CompiledModel] = OrderedDict()
         self.preprocess_config = PreprocessConfig.load(self.folder / "preprocessor_config.json")
         self.tokenizer = ClipTokenizer.from_file(
             self.folder / "tokenizer.json", self.manifest["text"]["context_length"]
@@ -114,12 +129,15 @@ class Deployment:
         return reqs[file]
 
     def infer(self, file: str, x: np.ndarray) -> list[np.ndarray]:
-        """Run one IR on a batch; a static-batch IR (NPU) is fed in padded chunks of its batch."""
+        """Run one IR on a batch; a static-batch IR (NPU) is fed in padded chunks of its batch.
+
+        Inputs are always shared, never copied: a request that once wrapped a caller's array and then
+        copied into its input tensor would write into that array."""
         compiled = self.compiled(file)
         req = self._request(file)
         batch = compiled.inputs[0].get_partial_shape()[0]
         if batch.is_dynamic or batch.get_length() == len(x):
-            res = req.infer({0: x})
+            res = req.infer({0: x}, share_inputs=True)
             return [np.array(res[o]) for o in compiled.outputs]
         s = batch.get_length()
         parts: list[list[np.ndarray]] = []
@@ -128,7 +146,7 @@ class Deployment:
             n = len(chunk)
             if n < s:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], s - n, axis=0)])
-            res = req.infer({0: chunk})
+            res = req.infer({0: np.ascontiguousarray(chunk)}, share_inputs=True)
             parts.append([np.array(res[o])[:n] for o in compiled.outputs])
         return [np.concatenate([p[k] for p in parts]) for k in range(len(compiled.outputs))]
 
@@ -179,7 +197,8 @@ class Deployment:
         early_exit: bool = True,
         policy: ExitPolicy | None = None,
     ) -> VisionOutput:
-        """Run the stages in order; after each exit stage, samples the policy lets go leave the batch."""
+        """Full depth, or early exit per `policy` (default: the folder's): a sample leaves the batch at the first
+        exit whose rule lets it go; `early_exit=False` runs every sample to the end."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         size = self.vision["image_size"]
         if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
@@ -187,12 +206,64 @@ class Deployment:
                 f"{self.folder}: images must be a (N, 3, {size}, {size}) array (see Deployment.preprocess); "
                 f"got shape {pixels.shape}"
             )
-        n = len(pixels)
         if policy is None:
             policy = self.policy if class_embeddings is not None else self.embedding_policy
         use_exits = early_exit and policy is not None
         if use_exits and policy.needs_labels and class_embeddings is None:
             raise OvclipError(f"{self.folder}: its exit rule '{policy.rule}' needs class embeddings (a label set)")
+        run = self._run_graph if self.runtime == "graph" else self._run_stages
+        embeddings, exit_layer = run(pixels, class_embeddings, policy if use_exits else None)
+        scores = self.logit_scale * embeddings @ class_embeddings.T if class_embeddings is not None else None
+        return VisionOutput(embeddings, exit_layer, scores)
+
+    def _graph(self, policy: ExitPolicy | None) -> tuple[str, ov.CompiledModel]:
+        """The compiled one-graph model for `policy` (None: full depth), built on first use and cached."""
+        spec = None if policy is None else {k: v for k, v in policy.to_dict().items() if k != "info"}
+        key = "graph:" + json.dumps(spec, sort_keys=True)
+        with self._lock:
+            hit = self._graphs.get(key)
+            if hit is not None:
+                self._graphs.move_to_end(key)
+                return key, hit
+        stages = [self._models[s["file"]].clone() for s in self.vision["stages"]]
+        ends = [s["blocks"][1] for s in self.vision["stages"]]
+        heads = {}
+        if policy is not None:
+            for e in policy.exits:
+                f = policy.head_file(e)
+                if f not in self._models:  # a policy passed at run time
+                    self._models[f] = _read_model(self.folder / f)
+                heads[e] = self._models[f].clone()
+        model = exit_graph(stages, ends, heads, policy, int(self.manifest["embedding_dim"]))
+        compiled = compile_model(model, self.device, self._config)
+        with self._lock:
+            self._graphs[key] = compiled
+            while len(self._graphs) > GRAPH_CACHE_SIZE:
+                self._graphs.popitem(last=False)
+        return key, compiled
+
+    def _run_graph(
+        self, pixels: np.ndarray, class_embeddings: np.ndarray | None, policy: ExitPolicy | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        key, compiled = self._graph(policy)
+        reqs = getattr(self._tls, "reqs", None)
+        if reqs is None:
+            reqs = self._tls.reqs = {}
+        req = reqs.get(key)
+        if req is None or reqs.get(key + ":model") is not compiled:
+            req = reqs[key] = compiled.create_infer_request()
+            reqs[key + ":model"] = compiled
+        inputs: dict = {0: pixels}
+        if len(compiled.inputs) > 1:
+            inputs[1] = np.ascontiguousarray(self.logit_scale * class_embeddings, dtype=np.float32)
+        req.infer(inputs, share_inputs=True)
+        return req.get_output_tensor(0).data.copy(), req.get_output_tensor(1).data.copy()
+
+    def _run_stages(
+        self, pixels: np.ndarray, class_embeddings: np.ndarray | None, policy: ExitPolicy | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The same computation stage by stage from Python (static-shape devices; the reference path)."""
+        n = len(pixels)
         emb_dim = int(self.manifest["embedding_dim"])
         embeddings = np.zeros((n, emb_dim), np.float32)
         exit_layer = np.full(n, self.num_layers, np.int32)
@@ -205,7 +276,7 @@ class Deployment:
             if end == self.num_layers:
                 embeddings[active] = l2n(out)
                 break
-            if use_exits and end in policy.exits:
+            if policy is not None and end in policy.exits:
                 head_emb, sav = self.infer(policy.head_file(end), out)[:2]
                 head_emb = l2n(head_emb)
                 scores = self.logit_scale * head_emb @ class_embeddings.T if class_embeddings is not None else None
@@ -219,8 +290,7 @@ class Deployment:
                 if len(active) == 0:
                     break
             h = np.ascontiguousarray(out)
-        scores = self.logit_scale * embeddings @ class_embeddings.T if class_embeddings is not None else None
-        return VisionOutput(embeddings, exit_layer, scores)
+        return embeddings, exit_layer
 
     def encode_images(self, pixels: np.ndarray, *, early_exit: bool = False) -> np.ndarray:
         """(N, E) L2-normalised image embeddings; full depth unless `early_exit` (label-free rule only)."""
