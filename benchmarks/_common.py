@@ -241,14 +241,16 @@ def spread(xs: Sequence[float]) -> float:
 
 
 def ov_runner(compiled) -> Callable[[np.ndarray], object]:
-    """run(batch) on a compiled OpenVINO model with one infer request per calling thread."""
+    """run(batch) on a compiled OpenVINO model with one infer request per calling thread.
+
+    Inputs are shared, not copied, as ovclip's Deployment does, so peers and ovclip get the same harness."""
     tls = threading.local()
 
     def run(batch: np.ndarray):
         req = getattr(tls, "req", None)
         if req is None:
             req = tls.req = compiled.create_infer_request()
-        return req.infer({0: batch})
+        return req.infer({0: batch}, share_inputs=True)
 
     return run
 

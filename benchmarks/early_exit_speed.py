@@ -2,10 +2,14 @@
 
     python benchmarks/early_exit_speed.py --ee out/int8 --unsplit out/int8-unsplit --data fashion-mnist:test
 
-Three variants timed in rotating rounds on the same real images (batch 8, THROUGHPUT hint, optimal nireq):
-  unsplit   one INT8 vision IR (`ovclip quantize --no-exits --exits none`, same SmoothQuant alpha)
-  staged    the early-exit folder's INT8 stages with exits off (full depth)
-  ee        the same folder with its calibrated exit policy
+Variants timed in rotating rounds on the same real images (batch 8, THROUGHPUT hint, optimal nireq):
+  unsplit      one INT8 vision IR (`ovclip quantize --no-exits --exits none`, same SmoothQuant alpha)
+  staged       the early-exit folder's INT8 stages with exits off (full depth), default runtime: the stages
+               joined into one graph
+  ee           the same folder with its calibrated exit policy, default runtime: one graph per policy
+               (stages + heads + gates + compaction, `ovclip.runtime.exit_graph`)
+  staged-py    `staged` run stage by stage from Python (`runtime="stages"`, the static-shape/NPU path)
+  ee-py        `ee` run stage by stage from Python
 Accuracy, the exit histogram and the FLOPs saving come from one pass over the whole --data set.
 Reports: staged / unsplit throughput (target >= 0.97) and the EE throughput gain against the FLOPs saving
 (target: gain >= 0.8 x saving), medians of the rounds, ratios within each round.
@@ -41,6 +45,7 @@ def main() -> None:
     data = open_dataset(args.data)
     ee = Deployment(args.ee, hint="throughput")
     un = Deployment(args.unsplit, hint="throughput")
+    ee_py = Deployment(args.ee, hint="throughput", runtime="stages")
     assert ee.policy is not None, f"{args.ee} has no exit policy"
     assert len(un.vision["stages"]) == 1, f"{args.unsplit} is not an unsplit folder"
     templates = templates_for(args.data)
@@ -63,10 +68,14 @@ def main() -> None:
         "unsplit": lambda: timed(lambda b: un.run_vision(b, cls_un, early_exit=False), batches, nireq, args.seconds),
         "staged": lambda: timed(lambda b: ee.run_vision(b, cls, early_exit=False), batches, nireq, args.seconds),
         "ee": lambda: timed(lambda b: ee.run_vision(b, cls, early_exit=True), batches, nireq, args.seconds),
+        "staged-py": lambda: timed(lambda b: ee_py.run_vision(b, cls, early_exit=False), batches, nireq, args.seconds),
+        "ee-py": lambda: timed(lambda b: ee_py.run_vision(b, cls, early_exit=True), batches, nireq, args.seconds),
     }
     res = interleaved(runs, args.repeats)
     per_round_split = [s / u for s, u in zip(res["staged"]["runs"], res["unsplit"]["runs"], strict=True)]
     per_round_gain = [e / s - 1 for e, s in zip(res["ee"]["runs"], res["staged"]["runs"], strict=True)]
+    per_round_gain_un = [e / u - 1 for e, u in zip(res["ee"]["runs"], res["unsplit"]["runs"], strict=True)]
+    per_round_gain_py = [e / s - 1 for e, s in zip(res["ee-py"]["runs"], res["staged-py"]["runs"], strict=True)]
     pool_exits = ee.run_vision(px, cls, early_exit=True).exit_layer
     emb_dim = int(ee.manifest["embedding_dim"])
     pool_flops = [flops_to_exit(ee.vision, emb_dim, int(L), ee.policy.exits, len(cls)) for L in pool_exits]
@@ -85,6 +94,8 @@ def main() -> None:
         "throughput": res,
         "staged_over_unsplit": {"median": median(per_round_split), "runs": per_round_split},
         "ee_gain_over_staged": {"median": median(per_round_gain), "runs": per_round_gain},
+        "ee_gain_over_unsplit": {"median": median(per_round_gain_un), "runs": per_round_gain_un},
+        "ee_py_gain_over_staged_py": {"median": median(per_round_gain_py), "runs": per_round_gain_py},
         "gain_over_saving": median(per_round_gain) / pool_saving if pool_saving > 0 else None,
     }
     run.data.update(out)
@@ -95,6 +106,10 @@ def main() -> None:
         f"early-exit gain: {100 * out['ee_gain_over_staged']['median']:.1f}% for a {100 * pool_saving:.1f}% "
         f"FLOPs saving on the timed images ({100 * saving:.1f}% on all); gain/saving {out['gain_over_saving']:.2f} "
         "(target >= 0.8)"
+    )
+    print(
+        f"against the unsplit IR: {100 * out['ee_gain_over_unsplit']['median']:.1f}%; stage by stage from Python: "
+        f"{100 * out['ee_py_gain_over_staged_py']['median']:.1f}%"
     )
     run.finish(None if args.json is None else Path(args.json))
 

@@ -216,13 +216,33 @@ def quantize(
     default=None,
     help="JSONL of {image, caption} for text->image recall@k.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["auto", "graph", "stages"]),
+    default="auto",
+    show_default=True,
+    help="graph: each policy as one OpenVINO graph (dynamic-shape devices); stages: stage by stage from Python.",
+)
 @click.option("--no-accuracy", is_flag=True, help="Measure speed only.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the records as JSON.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG plot.")
 @click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
 @friendly
 def bench(
-    folders, device, hint, batch, nireq, seconds, precision, data, captions, no_accuracy, json_path, plot_path, strict
+    folders,
+    device,
+    hint,
+    batch,
+    nireq,
+    seconds,
+    precision,
+    data,
+    captions,
+    runtime,
+    no_accuracy,
+    json_path,
+    plot_path,
+    strict,
 ):
     """Throughput, latency and zero-shot accuracy of deployment folders (default: out/fp32 out/int8)."""
     from ovclip.bench.report import bench_command
@@ -239,6 +259,7 @@ def bench(
         nireq=nireq,
         seconds=seconds,
         precision=precision,
+        runtime=runtime,
         accuracy=not no_accuracy,
     )
     bench_command(folders, settings, data, captions, json_path, plot_path, strict, console)

@@ -30,6 +30,7 @@ class BenchSettings:
     precision: str = "auto"  # auto: fp32 folders as f32 (+ bf16 where the CPU has it); f32; bf16
     pool: int = 512  # real images cycled through in the timed run
     accuracy: bool = True
+    runtime: str = "auto"  # Deployment's runtime: auto, graph (one OpenVINO graph per policy), stages
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -81,7 +82,9 @@ def bench_folder(
     trained = manifest.trained
     records = []
     for name, precision, ee in variants(manifest, settings):
-        dep = Deployment(folder, settings.device, hint=settings.hint, inference_precision=precision)
+        dep = Deployment(
+            folder, settings.device, hint=settings.hint, inference_precision=precision, runtime=settings.runtime
+        )
         nireq = settings.nireq or optimal_nireq(dep)
         vision = manifest.vision
         emb_dim = int(manifest["embedding_dim"])
@@ -94,6 +97,7 @@ def bench_folder(
             "batch": settings.batch,
             "nireq": nireq,
             "inference_precision": dep.executed_precision(),
+            "runtime": dep.runtime,
             "openvino_version": ov.get_version(),
             "trained": trained,
             "n_images": 0,
