@@ -8,6 +8,12 @@ Runs inside the peers' virtual environment (optimum-intel pulls its own torch/tr
     /opt/peers-venv/bin/pip install -e . --no-deps
     /opt/peers-venv/bin/python benchmarks/peer_optimum.py                  # builtin model, builtin eval (2,000)
     /opt/peers-venv/bin/python benchmarks/peer_optimum.py --model /tmp/ckpt_mid --data fashion-mnist:test
+    # ViT-B/32 shape, seeded random weights (speed only; the folder is ovclip's random:vit-b-32 saved as HF):
+    python -c "from pathlib import Path; from ovclip.checkpoint import load_checkpoint as L; \\
+        c = L('random:vit-b-32'); c.model.save_pretrained('/tmp/vitb32-hf'); \\
+        c.preprocess.save(Path('/tmp/vitb32-hf/preprocessor_config.json'))"
+    /opt/peers-venv/bin/python benchmarks/peer_optimum.py --model /tmp/vitb32-hf --limit 64 \
+        --ovclip /tmp/ovclip-vitb32-speed/int8-sq-off --label "random weights, speed only" --json ...
 
 What it does, as a user of optimum-intel would:
 1. `OVModelForZeroShotImageClassification.from_pretrained(SRC, export=True)` -> FP32 IR (one IR, both towers).
@@ -250,11 +256,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pool", type=int, default=256, help="real images cycled through in the timed runs")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--label", default=None, help="a note for the record, e.g. 'random weights, speed only' for a random folder"
+    )
     args = ap.parse_args()
 
     warnings.filterwarnings("ignore")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    run = C.Run("peer_optimum", extra_packages=("optimum-intel", "optimum", "tokenizers"))
+    run = C.Run("peer_optimum", extra_packages=("optimum-intel", "optimum", "tokenizers"), note=args.label)
     import torch
     from transformers import CLIPModel
 

@@ -23,3 +23,10 @@ run peer_paper_int8_vitb32 $PY benchmarks/peer_paper_int8.py --model random:vit-
     --repeats "$REPEATS" --json benchmarks/results/peer_paper_int8_vitb32.json
 run peer_optimum "$PEERS_PY" benchmarks/peer_optimum.py --model "$MODEL" --data "$DATA" --seconds "$SECONDS_PER_RUN" \
     --repeats "$REPEATS"
+# optimum-intel on the ViT-B/32 shape (seeded random weights = ovclip's random:vit-b-32, saved as an HF folder),
+# against the INT8 folder vitb32_speed built: speed only.
+$PY -c "from pathlib import Path; from ovclip.checkpoint import load_checkpoint as L; c = L('random:vit-b-32'); \
+c.model.save_pretrained('/tmp/vitb32-hf'); c.preprocess.save(Path('/tmp/vitb32-hf/preprocessor_config.json'))"
+run peer_optimum_vitb32 "$PEERS_PY" benchmarks/peer_optimum.py --model /tmp/vitb32-hf --limit 64 --no-cli \
+    --ovclip /tmp/ovclip-vitb32-speed/int8-sq-off --label "random weights, speed only" --seconds "$SECONDS_PER_RUN" \
+    --repeats "$REPEATS" --work /tmp/ovclip-peer-optimum-vitb32 --json benchmarks/results/peer_optimum_vitb32.json
