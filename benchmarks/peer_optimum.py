@@ -419,7 +419,7 @@ def main() -> None:
             "folder": str(d),
             "smooth_quant_alpha": (man.get("quantization") or {}).get("smooth_quant_alpha"),
             "executed_precision": dep.executed_precision(),
-            "matmuls": C.runtime_matmuls(dep.compiled(dep.stage_files[0])),
+            "matmuls": C.runtime_matmuls(dep.full_depth_compiled()),
         }
         deps[name] = (dep, False, None)
         if man.get("exit_policy"):

@@ -114,7 +114,7 @@ def main() -> None:
             "folder": str(folder),
             "nireq": n,
             "executed_precision": dep.executed_precision(),
-            "matmuls": C.runtime_matmuls(dep.compiled(dep.stage_files[0])),
+            "matmuls": C.runtime_matmuls(dep.full_depth_compiled()),
         }
 
         def go(b, dep=dep):

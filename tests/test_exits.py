@@ -189,6 +189,36 @@ def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
     np.testing.assert_allclose(out.embeddings, trace[EXITS[-1]][:3], atol=1e-5)
 
 
+def test_auto_runtime_falls_back_to_stages_when_the_graph_cannot_be_built(tiny, pixels, monkeypatch):
+    import ovclip.runtime.deployment as runtime_module
+    from ovclip.errors import OvclipError
+
+    model, heads, folder, policy = tiny
+
+    def unsupported(*args, **kwargs):
+        raise OvclipError("OpenVINO could not compile the model for CPU: NonZero is not supported")
+
+    monkeypatch.setattr(runtime_module, "exit_graph", unsupported)
+    cls = np.eye(3, EMB, dtype=np.float32)
+    mixed = policy.with_thresholds({L: 0.4 for L in EXITS})
+    dep = Deployment(folder)
+    assert dep.runtime == "graph"
+    out = dep.run_vision(pixels, cls, policy=mixed)
+    assert dep.runtime == "stages"
+    ref = Deployment(folder, runtime="stages").run_vision(pixels, cls, policy=mixed)
+    np.testing.assert_array_equal(out.exit_layer, ref.exit_layer)
+    np.testing.assert_array_equal(out.embeddings, ref.embeddings)
+    with pytest.raises(OvclipError, match="NonZero is not supported"):
+        Deployment(folder, runtime="graph").run_vision(pixels, cls, policy=mixed)
+
+
+def test_unknown_runtime_is_one_line_error(tiny):
+    from ovclip.errors import OvclipError
+
+    with pytest.raises(OvclipError, match="runtime 'fast': choose one of auto, graph, stages"):
+        Deployment(tiny[2], runtime="fast")
+
+
 def stages_trace(dep: Deployment, px: np.ndarray, policy: ExitPolicy) -> dict:
     from ovclip.runtime.deployment import trace_vision
 

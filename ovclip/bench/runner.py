@@ -65,7 +65,7 @@ def variants(manifest, settings: BenchSettings) -> list[tuple[str, str | None, b
 
 def optimal_nireq(dep: Deployment) -> int:
     try:
-        return int(dep.compiled(dep.stage_files[0]).get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        return int(dep.full_depth_compiled().get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     except RuntimeError:
         return 1
 

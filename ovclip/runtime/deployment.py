@@ -86,6 +86,7 @@ class Deployment:
         if runtime == "graph" and static:
             raise OvclipError(f"{self.folder}: its IRs have a static batch; the one-graph runtime needs dynamic shapes")
         self.runtime = "stages" if runtime == "stages" or static else "graph"
+        self._runtime_fallback = runtime == "auto"  # a device that cannot compile the one graph runs stages
         self._graphs: OrderedDict[str, ov.CompiledModel] = OrderedDict()
         self.preprocess_config = PreprocessConfig.load(self.folder / "preprocessor_config.json")
         self.tokenizer = ClipTokenizer.from_file(
@@ -155,7 +156,18 @@ class Deployment:
         return [s["file"] for s in self.vision["stages"]]
 
     def executed_precision(self) -> str:
-        return executed_precision(self.compiled(self.stage_files[0]))
+        return executed_precision(self.full_depth_compiled())
+
+    def full_depth_compiled(self) -> ov.CompiledModel:
+        """The compiled model that runs the first vision stage at full depth: the joined graph, or stage 0."""
+        if self.runtime == "graph":
+            try:
+                return self._graph(None)[1]
+            except OvclipError:
+                if not self._runtime_fallback:
+                    raise
+                self.runtime = "stages"
+        return self.compiled(self.stage_files[0])
 
     # -- text --------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
@@ -211,8 +223,17 @@ class Deployment:
         use_exits = early_exit and policy is not None
         if use_exits and policy.needs_labels and class_embeddings is None:
             raise OvclipError(f"{self.folder}: its exit rule '{policy.rule}' needs class embeddings (a label set)")
-        run = self._run_graph if self.runtime == "graph" else self._run_stages
-        embeddings, exit_layer = run(pixels, class_embeddings, policy if use_exits else None)
+        chosen = policy if use_exits else None
+        if self.runtime == "graph":
+            try:
+                embeddings, exit_layer = self._run_graph(pixels, class_embeddings, chosen)
+            except OvclipError:
+                if not self._runtime_fallback:
+                    raise
+                self.runtime = "stages"  # e.g. a plugin without NonZero on dynamic shapes: the Python path
+                embeddings, exit_layer = self._run_stages(pixels, class_embeddings, chosen)
+        else:
+            embeddings, exit_layer = self._run_stages(pixels, class_embeddings, chosen)
         scores = self.logit_scale * embeddings @ class_embeddings.T if class_embeddings is not None else None
         return VisionOutput(embeddings, exit_layer, scores)
 
