@@ -52,8 +52,10 @@ def main(debug: bool) -> None:
 def export(model, out, exits, precision, static_batch, act, overwrite):
     """Write an FP32/FP16 OpenVINO IR deployment folder: text tower + vision tower split at the exits."""
     from ovclip.checkpoint import load_checkpoint
+    from ovclip.deployment import check_target
     from ovclip.export import ExportOptions, export_deployment
 
+    check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load
     ckpt = load_checkpoint(model, hidden_act=act)
     log(f"exporting {ckpt.description}")
     m = export_deployment(ckpt, out, ExportOptions(exits, precision, static_batch, overwrite))
@@ -164,6 +166,9 @@ def quantize(
         exits = None if exits == "auto" else exits
     elif flops_budget is not None or max_drop is not None:
         raise OvclipError("--flops-budget/--max-drop set an exit policy; drop --no-exits to use them")
+    from ovclip.deployment import check_target
+
+    check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load and calibration
     ckpt = load_checkpoint(model, hidden_act=act)
     if ee is not None and not ckpt.trained:
         log("[yellow]random weights: exit heads would be meaningless; writing plain INT8 (--no-exits)[/]")

@@ -350,6 +350,16 @@ def test_export_into_existing_folder_needs_overwrite(paths, tmp_path):
     assert not list(tmp_path.glob(".dep.ovclip-tmp-*"))
 
 
+@pytest.mark.parametrize("command", ["export", "quantize"])
+def test_existing_out_is_refused_before_the_checkpoint_is_read(paths, tmp_path, command):
+    """No minutes of loading and calibrating before the refusal: a missing model is not even looked at."""
+    out = tmp_path / "dep"
+    shutil.copytree(paths["fp32"], out)
+    result = run(command, "--model", tmp_path / "no-such-model", "--out", out)
+    line = assert_one_clear_line(result, "--overwrite", out)
+    assert "no-such-model" not in line
+
+
 @pytest.mark.parametrize(
     "files",
     [{"docs/thesis.txt": "years of work"}, {"manifest.json": '{"name": "my web app"}', "index.html": "<html>"}],

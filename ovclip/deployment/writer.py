@@ -14,13 +14,8 @@ from pathlib import Path
 from ovclip.errors import OvclipError
 
 
-@contextmanager
-def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh sibling folder; on success it replaces `out` in one rename.
-
-    Killing the process at any moment leaves either the old `out` or the new one, never a partial
-    folder under the name `out` (leftover `.ovclip-tmp-*` siblings are ignored and cleaned next time).
-    """
+def check_target(out: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse a target folder that may not be written (called again when writing; cheap to call early)."""
     out = Path(out).absolute()
     if out.exists() and not overwrite:
         raise OvclipError(f"{out} already exists; pass --overwrite to replace it")
@@ -31,6 +26,17 @@ def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path
             f"{out} is not an ovclip deployment folder (no ovclip manifest.json, and files other than IR/JSON); "
             "--overwrite replaces only deployment folders: choose another --out or remove it yourself"
         )
+    return out
+
+
+@contextmanager
+def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh sibling folder; on success it replaces `out` in one rename.
+
+    Killing the process at any moment leaves either the old `out` or the new one, never a partial
+    folder under the name `out` (leftover `.ovclip-tmp-*` siblings are ignored and cleaned next time).
+    """
+    out = check_target(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.ovclip-tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
