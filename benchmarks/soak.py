@@ -173,7 +173,16 @@ class Soak:
                 print(f"  {self.done:>8,} images  {s['seconds']:>8.1f} s  RSS {s['rss_mb']:>8.1f} MB  x{ratio:.3f}")
                 self.next_sample += self.args.every
 
-    def worker(self) -> None:
+    def worker(self, finished: threading.Barrier, release: threading.Barrier) -> None:
+        """Run batches until none are left, then stay alive (its infer requests with it) until the end RSS
+        is read: a worker that exits frees its thread's requests, which would read as memory 'returned'."""
+        try:
+            self._work()
+        finally:
+            finished.wait()
+            release.wait()
+
+    def _work(self) -> None:
         while (job := self._take()) is not None:
             start, k = job
             n = min(self.args.batch, self.args.images - start)
@@ -269,13 +278,19 @@ def main(argv: list[str] | None = None) -> int:
         soak = Soak(dep, pool, class_emb, args, texts)
         if args.warmup == 0:
             soak.t_warm, soak.rss_warm = time.perf_counter(), rss_bytes()
-        threads = [threading.Thread(target=soak.worker, name=f"soak-{i}") for i in range(args.threads)]
+        finished, release = threading.Barrier(args.threads + 1), threading.Barrier(args.threads + 1)
+        threads = [
+            threading.Thread(target=soak.worker, args=(finished, release), name=f"soak-{i}")
+            for i in range(args.threads)
+        ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        finished.wait()  # every worker done, all still alive
         t_end = time.perf_counter()
         rss_end = rss_bytes()
+        release.wait()
+        for t in threads:
+            t.join()
         probe_diff = {"after_vs_before": None, "after_vs_fresh_deployment": None}
         try:
             probe_after = dep.run_vision(probe, class_emb, early_exit=True).embeddings
