@@ -20,8 +20,9 @@ from ovclip.exits.flops import flops_to_exit
 from ovclip.exits.gate_fit import fit_gate
 from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, train_head
 from ovclip.exits.inr import inr, nsr, prune
-from ovclip.exits.policy import ExitPolicy, confidence_features
+from ovclip.exits.policy import ExitPolicy
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
+from ovclip.exits.trace import exit_scores
 from ovclip.export.stages import PAPER_EXITS_12, parse_exits
 from ovclip.quantize.nncf_stages import f32_compile
 
@@ -235,16 +236,13 @@ def build_exits(
     gates = {L: fit_gate(scores[L][s_gate], feats.sav[L][s_gate], correct[L][s_gate]) for L in kept}
 
     def trace_for(rule: str, layers: list[int], idx: np.ndarray) -> Trace:
-        sc = {}
-        for j, L in enumerate(layers):
-            if rule == "gate":
-                sc[L] = gates[L](scores[L][idx], feats.sav[L][idx])
-            elif rule == "confidence":
-                sc[L] = confidence_features(scores[L][idx])[0]
-            else:  # agreement with the previous exit's embedding
-                sc[L] = (
-                    np.full(len(idx), -np.inf) if j == 0 else np.sum(embs[L][idx] * embs[layers[j - 1]][idx], axis=1)
-                )
+        as_rule = ExitPolicy(rule, list(layers), {}, {}, {L: gates[L] for L in layers} if rule == "gate" else {})
+        sc = exit_scores(
+            as_rule,
+            {L: scores[L][idx] for L in layers},
+            {L: feats.sav[L][idx] for L in layers},
+            {L: embs[L][idx] for L in layers},
+        )
         fl = {L: float(flops_to_exit(vision, emb_dim, L, layers, len(class_text))) for L in [*layers, n_layers]}
         return Trace(list(layers), sc, {L: correct[L][idx] for L in layers}, full_correct[idx], fl, n_layers)
 

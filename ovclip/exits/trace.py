@@ -6,7 +6,20 @@ import numpy as np
 
 from ovclip.exits.cascade import Trace
 from ovclip.exits.flops import flops_to_exit
-from ovclip.exits.policy import ExitPolicy, confidence_features
+from ovclip.exits.policy import ExitPolicy
+
+
+def exit_scores(
+    policy: ExitPolicy, logits: dict[int, np.ndarray], sav: dict[int, np.ndarray], embs: dict[int, np.ndarray]
+) -> dict[int, np.ndarray]:
+    """Per exit of `policy`, the score its rule compares with the threshold, for every sample (as the runtime
+    computes it: the agreement rule compares each exit's embedding with the previous exit's)."""
+    out: dict[int, np.ndarray] = {}
+    prev = None
+    for L in policy.exits:
+        out[L] = policy.score(L, logits[L], sav[L], prev, embs[L])
+        prev = embs[L]
+    return out
 
 
 def trace_for_rule(
@@ -21,17 +34,10 @@ def trace_for_rule(
     emb_dim: int,
 ) -> Trace:
     exits = list(policy.exits)
-    score, correct = {}, {}
-    for j, L in enumerate(exits):
-        emb, sav = heads[L]
-        logits = logit_scale * emb @ class_emb.T
-        correct[L] = logits.argmax(1) == labels
-        if rule == "gate":
-            score[L] = policy.gates[L](logits, sav)
-        elif rule == "confidence":
-            score[L] = confidence_features(logits)[0]
-        else:
-            score[L] = np.full(len(emb), -np.inf) if j == 0 else np.sum(emb * heads[exits[j - 1]][0], axis=1)
+    logits = {L: logit_scale * heads[L][0] @ class_emb.T for L in exits}
+    correct = {L: logits[L].argmax(1) == labels for L in exits}
+    as_rule = ExitPolicy(rule, exits, policy.heads, policy.thresholds, policy.gates if rule == "gate" else {})
+    score = exit_scores(as_rule, logits, {L: heads[L][1] for L in exits}, {L: heads[L][0] for L in exits})
     full_correct = (final @ class_emb.T).argmax(1) == labels
     n = vision["num_layers"]
     flops = {L: float(flops_to_exit(vision, emb_dim, L, exits, len(class_emb))) for L in [*exits, n]}
