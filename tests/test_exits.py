@@ -212,6 +212,21 @@ def test_auto_runtime_falls_back_to_stages_when_the_graph_cannot_be_built(tiny, 
         Deployment(folder, runtime="graph").run_vision(pixels, cls, policy=mixed)
 
 
+def test_graph_cache_is_bounded_and_recompiles_evicted_policies(tiny, pixels, monkeypatch):
+    import ovclip.runtime.deployment as runtime_module
+
+    model, heads, folder, policy = tiny
+    monkeypatch.setattr(runtime_module, "GRAPH_CACHE_SIZE", 2)
+    dep = Deployment(folder, runtime="graph")
+    cls = np.eye(3, EMB, dtype=np.float32)
+    outs = [dep.run_vision(pixels, cls, policy=policy.with_thresholds({L: t for L in EXITS})) for t in (0.2, 0.5, 0.9)]
+    assert len(dep._graphs) == 2
+    again = dep.run_vision(pixels, cls, policy=policy.with_thresholds({L: 0.2 for L in EXITS}))  # evicted: rebuilt
+    assert len(dep._graphs) == 2 and len(dep._tls.graph_reqs) <= 3
+    np.testing.assert_array_equal(again.exit_layer, outs[0].exit_layer)
+    np.testing.assert_array_equal(again.embeddings, outs[0].embeddings)
+
+
 def test_unknown_runtime_is_one_line_error(tiny):
     from ovclip.errors import OvclipError
 

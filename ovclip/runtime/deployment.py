@@ -267,13 +267,15 @@ class Deployment:
         self, pixels: np.ndarray, class_embeddings: np.ndarray | None, policy: ExitPolicy | None
     ) -> tuple[np.ndarray, np.ndarray]:
         key, compiled = self._graph(policy)
-        reqs = getattr(self._tls, "reqs", None)
+        reqs: dict[str, tuple[ov.CompiledModel, ov.InferRequest]] | None = getattr(self._tls, "graph_reqs", None)
         if reqs is None:
-            reqs = self._tls.reqs = {}
-        req = reqs.get(key)
-        if req is None or reqs.get(key + ":model") is not compiled:
-            req = reqs[key] = compiled.create_infer_request()
-            reqs[key + ":model"] = compiled
+            reqs = self._tls.graph_reqs = {}
+        mine = reqs.get(key)
+        if mine is None or mine[0] is not compiled:
+            for stale in [k for k in reqs if k not in self._graphs]:  # evicted graphs: free this thread's request
+                del reqs[stale]
+            mine = reqs[key] = (compiled, compiled.create_infer_request())
+        req = mine[1]
         inputs: dict = {0: pixels}
         if len(compiled.inputs) > 1:
             inputs[1] = np.ascontiguousarray(self.logit_scale * class_embeddings, dtype=np.float32)
