@@ -18,7 +18,7 @@ from ovclip.errors import OvclipError
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.flops import flops_to_exit
 from ovclip.exits.gate_fit import fit_gate
-from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, train_head
+from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, select_head
 from ovclip.exits.inr import inr, nsr, prune
 from ovclip.exits.policy import ExitPolicy
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
@@ -216,10 +216,11 @@ def build_exits(
         + (f"; pruned (kappa {cfg.kappa}): {pruned}" if pruned else "")
     )
 
-    heads, head_acc, scores, correct, embs = {}, {}, {}, {}, {}
+    heads, head_acc, scores, correct, embs, head_val = {}, {}, {}, {}, {}, {}
     for L in kept:
-        heads[L] = train_head(
-            feats.pooled[L][s_head], labels[s_head], class_text, feats.fp32_final[s_head], logit_scale, cfg.head
+        # training length chosen on the gate split (held out from head training, not the threshold split)
+        heads[L], head_val[L] = select_head(
+            feats.pooled[L], labels, class_text, feats.fp32_final, logit_scale, s_head, s_gate, cfg.head
         )
         embs[L] = head_embeddings(heads[L], feats.pooled[L])
         scores[L] = logit_scale * embs[L] @ class_text.T
@@ -229,7 +230,10 @@ def build_exits(
     full_correct = full_scores.argmax(1) == labels
     log(
         "exit-head top-1 on the threshold split: "
-        + ", ".join(f"{L}: {100 * v:.1f}%" for L, v in head_acc.items())
+        + ", ".join(
+            f"{L}: {100 * v:.1f}% ({max(head_val[L], key=lambda e, L=L: head_val[L][e])} epochs)"
+            for L, v in head_acc.items()
+        )
         + f"; INT8 full depth {100 * full_correct[s_thr].mean():.1f}%"
     )
 
@@ -328,6 +332,7 @@ def build_exits(
         "kappa": cfg.kappa,
         "head_top1": {str(k): v for k, v in head_acc.items()},
         "head_training": asdict(cfg.head),
+        "head_epochs_validation_top1": {str(L): {str(e): a for e, a in v.items()} for L, v in head_val.items()},
         "rules": summary,
         "pareto": pareto,
         "placement": cfg.placement,
