@@ -227,6 +227,23 @@ def test_graph_cache_is_bounded_and_recompiles_evicted_policies(tiny, pixels, mo
     np.testing.assert_array_equal(again.embeddings, outs[0].embeddings)
 
 
+def test_select_head_keeps_the_length_most_accurate_on_the_held_out_split():
+    from ovclip.exits.heads import HeadTrainConfig, head_embeddings, select_head
+
+    rng = np.random.default_rng(0)
+    classes = np.linalg.qr(rng.standard_normal((16, 4)))[0].T.astype(np.float32)  # 4 orthonormal class embeddings
+    labels = rng.integers(0, 4, 300)
+    pooled = (classes[labels] @ rng.standard_normal((16, 12)) + 0.8 * rng.standard_normal((300, 12))).astype(np.float32)
+    target = classes[labels]
+    train, val = np.arange(200), np.arange(200, 300)
+    cfg = HeadTrainConfig(epoch_candidates=(1, 30), batch_size=64)
+    head, acc = select_head(pooled, labels, classes, target, 10.0, train, val, cfg)
+    assert set(acc) == {1, 30}
+    got = float(np.mean((head_embeddings(head, pooled[val]) @ classes.T).argmax(1) == labels[val]))
+    assert got == max(acc.values())
+    assert acc[30] > acc[1]  # one epoch of 4 steps has not learned the classes yet
+
+
 def test_unknown_runtime_is_one_line_error(tiny):
     from ovclip.errors import OvclipError
 
