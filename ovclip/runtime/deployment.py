@@ -160,14 +160,21 @@ class Deployment:
 
     def full_depth_compiled(self) -> ov.CompiledModel:
         """The compiled model that runs the first vision stage at full depth: the joined graph, or stage 0."""
-        if self.runtime == "graph":
-            try:
-                return self._graph(None)[1]
-            except OvclipError:
-                if not self._runtime_fallback:
-                    raise
-                self.runtime = "stages"
-        return self.compiled(self.stage_files[0])
+        graph = self._use_graph(None)
+        return graph[1] if graph is not None else self.compiled(self.stage_files[0])
+
+    def _use_graph(self, policy: ExitPolicy | None) -> tuple[str, ov.CompiledModel] | None:
+        """The one-graph model for `policy`, or None where the stage path runs: static-batch folders,
+        `runtime="stages"`, or (with `runtime="auto"`) a device that cannot build or compile the graph."""
+        if self.runtime != "graph":
+            return None
+        try:
+            return self._graph(policy)
+        except OvclipError:
+            if not self._runtime_fallback:
+                raise
+            self.runtime = "stages"  # e.g. a plugin without NonZero on dynamic shapes: the Python path
+            return None
 
     # -- text --------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
@@ -224,14 +231,9 @@ class Deployment:
         if use_exits and policy.needs_labels and class_embeddings is None:
             raise OvclipError(f"{self.folder}: its exit rule '{policy.rule}' needs class embeddings (a label set)")
         chosen = policy if use_exits else None
-        if self.runtime == "graph":
-            try:
-                embeddings, exit_layer = self._run_graph(pixels, class_embeddings, chosen)
-            except OvclipError:
-                if not self._runtime_fallback:
-                    raise
-                self.runtime = "stages"  # e.g. a plugin without NonZero on dynamic shapes: the Python path
-                embeddings, exit_layer = self._run_stages(pixels, class_embeddings, chosen)
+        graph = self._use_graph(chosen)
+        if graph is not None:
+            embeddings, exit_layer = self._run_graph(graph, pixels, class_embeddings)
         else:
             embeddings, exit_layer = self._run_stages(pixels, class_embeddings, chosen)
         scores = self.logit_scale * embeddings @ class_embeddings.T if class_embeddings is not None else None
@@ -264,9 +266,9 @@ class Deployment:
         return key, compiled
 
     def _run_graph(
-        self, pixels: np.ndarray, class_embeddings: np.ndarray | None, policy: ExitPolicy | None
+        self, graph: tuple[str, ov.CompiledModel], pixels: np.ndarray, class_embeddings: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        key, compiled = self._graph(policy)
+        key, compiled = graph
         reqs: dict[str, tuple[ov.CompiledModel, ov.InferRequest]] | None = getattr(self._tls, "graph_reqs", None)
         if reqs is None:
             reqs = self._tls.graph_reqs = {}
