@@ -114,6 +114,14 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     "(95% upper confidence bound on the calibration split).",
 )
 @click.option(
+    "--gate-features",
+    type=click.Choice(["paper", "select"]),
+    default="paper",
+    show_default=True,
+    help="Early-exit gate inputs: 'paper' = (confidence, margin, SAV); 'select' = per exit the candidate set "
+    "(paper's, subsets, agreement with the previous exit) with the best cross-validated AUC.",
+)
+@click.option(
     "--target-device",
     type=click.Choice(["ANY", "CPU", "GPU", "NPU"]),
     default="ANY",
@@ -138,6 +146,7 @@ def quantize(
     no_exits,
     flops_budget,
     max_drop,
+    gate_features,
     target_device,
     static_batch,
     act,
@@ -161,7 +170,10 @@ def quantize(
         from ovclip.exits.build import ExitBuildConfig
 
         ee = ExitBuildConfig(
-            flops_budget=flops_budget, max_drop=max_drop, placement="auto" if exits == "auto" else "fixed"
+            flops_budget=flops_budget,
+            max_drop=max_drop,
+            placement="auto" if exits == "auto" else "fixed",
+            gate_features=gate_features,
         )
         exits = None if exits == "auto" else exits
     elif flops_budget is not None or max_drop is not None:

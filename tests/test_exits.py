@@ -17,7 +17,7 @@ from ovclip.deployment import read_manifest, write_manifest
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.gate_fit import fit_gate
 from ovclip.exits.heads import SSAHead, export_head
-from ovclip.exits.policy import ExitPolicy
+from ovclip.exits.policy import ExitPolicy, gate_feature_values
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
 from ovclip.export import ExportOptions, export_deployment
 from ovclip.runtime import Deployment
@@ -151,7 +151,26 @@ def _gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> ExitPolicy:
     return ExitPolicy("gate", EXITS, policy.heads, {L: None for L in EXITS}, gates)
 
 
-@pytest.mark.parametrize("rule", ["gate", "confidence", "agreement"])
+def _agreement_gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> ExitPolicy:
+    """Paper gate at the first exit; later exits also read agreement with the previous exit."""
+    from ovclip.exits.policy import Gate
+
+    first = _gate_policy(policy, sav).gates[EXITS[0]]
+    feats = ("confidence", "agreement", "same_top1", "sav")
+    later = {
+        L: Gate(
+            np.array([1.5, 3.0, 0.7, -0.2]),
+            -0.3,
+            np.array([0.5, 0.4, 0.5, sav[L].mean()]),
+            np.array([0.2, 0.3, 0.5, sav[L].std()]),
+            feats,
+        )
+        for L in EXITS[1:]
+    }
+    return ExitPolicy("gate", EXITS, policy.heads, {L: None for L in EXITS}, {EXITS[0]: first, **later})
+
+
+@pytest.mark.parametrize("rule", ["gate", "gate-agreement", "confidence", "agreement"])
 def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
     """Same exits and embeddings from the one-graph runtime as from the stage-by-stage numpy cascade."""
     model, heads, folder, policy = tiny
@@ -164,17 +183,19 @@ def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
     heads_out = stages_trace(stages, px, policy)
     trace = {L: e for L, (e, _) in heads_out.items()}
     sav = {L: s for L, (_, s) in heads_out.items()}
-    base = {"gate": _gate_policy(policy, sav), "confidence": policy}.get(rule) or ExitPolicy(
-        "agreement", EXITS, policy.heads, {L: None for L in EXITS}
-    )
+    base = {
+        "gate": _gate_policy(policy, sav),
+        "gate-agreement": _agreement_gate_policy(policy, sav),
+        "confidence": policy,
+    }.get(rule) or ExitPolicy("agreement", EXITS, policy.heads, {L: None for L in EXITS})
     # per exit, a threshold near the 40% quantile of that exit's scores, so every exit takes some samples
-    thresholds, prev = {}, None
+    thresholds, prev, prev_scores = {}, None, None
     for L in EXITS:
         scores = stages.logit_scale * trace[L] @ cls.T
-        s = base.score(L, scores, sav[L], prev, trace[L])
+        s = base.score(L, scores, sav[L], prev, trace[L], prev_scores)
         srt = np.sort(s[np.isfinite(s)])  # halfway between two scores: no sample sits on the threshold
         thresholds[L] = None if len(srt) < 2 else float(srt[len(srt) * 2 // 5 - 1 : len(srt) * 2 // 5 + 1].mean())
-        prev = trace[L]
+        prev, prev_scores = trace[L], scores
     mixed = base.with_thresholds(thresholds)
     ref = stages.run_vision(px, cls, policy=mixed)
     out = graph.run_vision(px, cls, policy=mixed)
@@ -327,7 +348,8 @@ def test_gate_fit_matches_sklearn():
     c = p.max(1)
     y = rng.random(n) < 1 / (1 + np.exp(-(4 * c - 0.3 * sav)))
     gate = fit_gate(logits, sav, y, ridge=0.0)
-    x = gate.features(logits, sav)
+    assert gate.features == ("confidence", "margin", "sav")
+    x = (gate_feature_values(gate.features, logits, sav) - gate.mu) / gate.sd
     ref = LogisticRegression(C=np.inf, max_iter=5000, tol=1e-10).fit(x, y)
     assert np.allclose(gate.w, ref.coef_[0], atol=1e-3)
     assert gate.b == pytest.approx(ref.intercept_[0], abs=1e-3)
@@ -345,7 +367,7 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     model, _, folder, _ = tiny
     ckpt = load_checkpoint(str(folder.parent / "hf"))
     calib = builtin_calibration().subset(np.arange(600))
-    ee = ExitBuildConfig(flops_budget=0.9, min_images=300, head=HeadTrainConfig(epochs=3))
+    ee = ExitBuildConfig(flops_budget=0.9, min_images=300, head=HeadTrainConfig(epochs=3), gate_features="select")
     out = tmp_path / "int8"
     m = quantize_deployment(
         ckpt,
@@ -359,6 +381,12 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     policy = m["exit_policy"]
     assert policy["rule"] == "gate" and policy["exits"] == [1, 2, 3]
     assert set(policy["gates"]) == {"1", "2", "3"}
+    # each gate names the features it reads: the CV-chosen set of its exit, recorded with every candidate's AUC
+    assert policy["info"]["gate_features"]["mode"] == "select"
+    for L, g in policy["gates"].items():
+        chosen = policy["info"]["gate_features"]["per_exit"][L]
+        assert g["features"] == chosen["features"] and "+".join(g["features"]) in chosen["cv_auc_gate_split"]
+    assert not {"agreement", "same_top1"} & set(policy["gates"]["1"]["features"])
     assert m["exit_policy_embedding"]["rule"] == "agreement"
     assert read_manifest(out).vision["exits"] == [1, 2, 3]
     info = policy["info"]
@@ -394,3 +422,81 @@ def test_grid_evaluation_equals_one_by_one():
         assert g.correct[idx] == pytest.approx(acc * n)
         assert g.flops[idx] == pytest.approx(fl * n)
         assert bounds[idx] == pytest.approx(drop_upper_bound(corr, tr.full_correct, 0.95))
+
+
+def test_gate_features_match_a_hand_computation():
+    from ovclip.errors import OvclipError
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((7, 4)) * 3
+    prev_scores = scores.copy()
+    prev_scores[::2] = rng.standard_normal((4, 4))
+    emb, prev = rng.standard_normal((2, 7, 5))
+    sav = rng.random(7)
+    x = gate_feature_values(
+        ("confidence", "margin", "sav", "agreement", "same_top1"), scores, sav, emb, prev, prev_scores
+    )
+    for i in range(7):
+        e = [float(np.exp(v)) for v in scores[i]]
+        p = sorted((v / sum(e) for v in e), reverse=True)
+        cos = sum(a * b for a, b in zip(emb[i], prev[i], strict=True))
+        same = float(list(scores[i]).index(max(scores[i])) == list(prev_scores[i]).index(max(prev_scores[i])))
+        assert x[i] == pytest.approx([p[0], p[0] - p[1], sav[i], cos, same])
+    assert x[1::2, 4].tolist() == [1.0, 1.0, 1.0]  # those rows share their scores with the previous exit
+    with pytest.raises(OvclipError, match="unknown gate feature 'entropy'; known: confidence, margin"):
+        gate_feature_values(("entropy",), scores, sav)
+
+
+def _exit_sample(n: int, seed: int):
+    """Logits of 10 classes, SAV, embeddings of this and the previous exit, and their scores."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n, 10)) * 2.5
+    prev_logits = np.where(rng.random((n, 1)) < 0.5, logits, rng.standard_normal((n, 10)) * 2.5)
+    emb = rng.standard_normal((n, 8))
+    prev = emb + rng.standard_normal((n, 8)) * rng.random((n, 1)) * 2
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    prev /= np.linalg.norm(prev, axis=1, keepdims=True)
+    return rng, logits, rng.random(n) * 5, emb, prev, prev_logits
+
+
+@pytest.mark.parametrize(
+    "truth, expected",
+    [
+        ("confidence", ("confidence",)),  # margin and SAV are noise here: the smallest set ranks best
+        ("sav", ("confidence", "margin", "sav")),
+        ("agreement", ("confidence", "agreement", "same_top1")),
+    ],
+)
+def test_select_gate_keeps_the_features_that_carry_information(truth, expected):
+    from sklearn.metrics import roc_auc_score
+
+    from ovclip.exits.gate_fit import select_gate
+    from ovclip.exits.policy import confidence_features
+
+    rng, logits, sav, emb, prev, prev_logits = _exit_sample(4000, 7)
+    conf = confidence_features(logits)[0]
+    signal = {
+        "confidence": 6 * conf,
+        "sav": 6 * conf - 1.5 * sav,
+        "agreement": 6 * conf + 3 * np.sum(emb * prev, axis=1) + 2 * (logits.argmax(1) == prev_logits.argmax(1)),
+    }[truth]
+    y = rng.random(len(conf)) < 1 / (1 + np.exp(-(signal - signal.mean())))
+    gate, aucs = select_gate(logits, sav, y, emb=emb, prev=prev, prev_scores=prev_logits)
+    assert gate.features == expected, aucs
+    assert aucs["confidence"] == pytest.approx(roc_auc_score(y, conf))  # one column: its own AUC, no fit
+    assert len(aucs) == 5
+    first, first_aucs = select_gate(logits, sav, y)  # a first exit has no previous one to agree with
+    assert set(first_aucs) == {"confidence", "confidence+margin", "confidence+margin+sav"}
+
+
+def test_policy_rejects_agreement_features_at_the_first_exit():
+    from ovclip.errors import OvclipError
+    from ovclip.exits.policy import Gate
+
+    g = Gate(np.ones(2), 0.0, np.zeros(2), np.ones(2), ("confidence", "agreement"))
+    with pytest.raises(OvclipError, match=r"gate of the first exit \(2\) cannot use the previous exit"):
+        ExitPolicy("gate", [2, 5], {}, {}, {2: g, 5: g})
+    old = {"w": [1.0, 0.0, 0.0], "b": 0.0, "mu": [0.0] * 3, "sd": [1.0] * 3}  # manifests before named features
+    assert Gate.from_dict(old).features == ("confidence", "margin", "sav")
+    with pytest.raises(OvclipError, match="malformed gate: features"):
+        Gate.from_dict({**old, "features": ["confidence"]})

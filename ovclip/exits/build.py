@@ -17,7 +17,7 @@ import openvino as ov
 from ovclip.errors import OvclipError
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.flops import flops_to_exit
-from ovclip.exits.gate_fit import fit_gate
+from ovclip.exits.gate_fit import fit_gate, select_gate
 from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, select_head
 from ovclip.exits.inr import inr, nsr, prune
 from ovclip.exits.policy import ExitPolicy
@@ -49,6 +49,11 @@ class ExitBuildConfig:
     # An exit that few samples take costs a head, a gate and a stage boundary for every sample that passes
     # it (wall-clock overhead the FLOPs count hides): exits taken by less than this share are dropped.
     min_exit_share: float = 0.05
+    # "paper": (confidence, margin, SAV) at every exit; "select": per exit the candidate set (the paper's,
+    # its subsets, agreement with the previous exit) with the best cross-validated AUC on the gate split.
+    # The default stays "paper": on the shipped model "select" ranks better but is not more accurate per
+    # FLOPs budget (benchmarks/gate_vs_confidence.py, RESULTS.md).
+    gate_features: str = "paper"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +63,16 @@ class ExitBuildConfig:
             raise OvclipError(f"--max-drop {self.max_drop}: give accuracy points, e.g. 0.5")
         if self.flops_budget is not None and self.max_drop is not None:
             raise OvclipError("give --flops-budget or --max-drop, not both")
+        if self.gate_features not in ("select", "paper"):
+            raise OvclipError(f"--gate-features {self.gate_features}: give 'select' or 'paper'")
+
+
+def split_calibration(n: int, cfg: ExitBuildConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the three disjoint calibration parts (heads, gate, thresholds), seeded by `cfg.seed`."""
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    a = int(cfg.split[0] * n)
+    b = a + int(cfg.split[1] * n)
+    return order[:a], order[a:b], order[b:]
 
 
 def default_candidates(n: int) -> list[int]:
@@ -193,11 +208,7 @@ def build_exits(
 
     feats = collect(q_blocks, tower.stages, calibration, ckpt.preprocess, candidates, log=log)
     labels = calibration.labels
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(labels))
-    a = int(cfg.split[0] * len(order))
-    b = a + int(cfg.split[1] * len(order))
-    s_head, s_gate, s_thr = order[:a], order[a:b], order[b:]
+    s_head, s_gate, s_thr = split_calibration(len(labels), cfg)
 
     # Layer diagnostics: INR of every candidate, NSR where the previous block is known.
     inrs = {L: inr(feats.fp32_pooled[L][s_head], feats.pooled[L][s_head]) for L in candidates}
@@ -237,10 +248,25 @@ def build_exits(
         + f"; INT8 full depth {100 * full_correct[s_thr].mean():.1f}%"
     )
 
-    gates = {L: fit_gate(scores[L][s_gate], feats.sav[L][s_gate], correct[L][s_gate]) for L in kept}
+    gate_cache: dict[tuple[int, int | None], tuple] = {}
+
+    def gate_for(L: int, P: int | None):
+        """Exit L's gate when the exit before it is P (agreement features compare with P's outputs), and the
+        cross-validated AUC of every candidate feature set (recorded whichever mode chose the gate)."""
+        if (L, P) not in gate_cache:
+            g = s_gate
+            prev = {} if P is None else {"prev": embs[P][g], "prev_scores": scores[P][g]}
+            chosen, aucs = select_gate(scores[L][g], feats.sav[L][g], correct[L][g], emb=embs[L][g], **prev)
+            if cfg.gate_features == "paper":
+                chosen = fit_gate(scores[L][g], feats.sav[L][g], correct[L][g])
+            gate_cache[L, P] = (chosen, aucs)
+        return gate_cache[L, P]
+
+    def gates_for(layers: list[int]) -> dict:
+        return {L: gate_for(L, layers[j - 1] if j else None)[0] for j, L in enumerate(layers)}
 
     def trace_for(rule: str, layers: list[int], idx: np.ndarray) -> Trace:
-        as_rule = ExitPolicy(rule, list(layers), {}, {}, {L: gates[L] for L in layers} if rule == "gate" else {})
+        as_rule = ExitPolicy(rule, list(layers), {}, {}, gates_for(layers) if rule == "gate" else {})
         sc = exit_scores(
             as_rule,
             {L: scores[L][idx] for L in layers},
@@ -337,7 +363,23 @@ def build_exits(
         "pareto": pareto,
         "placement": cfg.placement,
     }
-    gate_policy = ExitPolicy("gate", chosen, head_files, policies["gate"], {L: gates[L] for L in chosen}, info)
+    final_gates = gates_for(chosen)
+    info["gate_features"] = {
+        "mode": cfg.gate_features,
+        "per_exit": {
+            str(L): {
+                "features": list(final_gates[L].features),
+                "cv_auc_gate_split": gate_for(L, chosen[j - 1] if j else None)[1],
+            }
+            for j, L in enumerate(chosen)
+        },
+    }
+    log(
+        "gate features: "
+        + "; ".join(f"exit {L}: {'+'.join(final_gates[L].features)}" for L in chosen)
+        + f" ({cfg.gate_features})"
+    )
+    gate_policy = ExitPolicy("gate", chosen, head_files, policies["gate"], final_gates, info)
     emb_policy = ExitPolicy(
         "agreement", chosen, head_files, policies["agreement"], {}, {"rules": {"agreement": summary["agreement"]}}
     )

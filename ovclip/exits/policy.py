@@ -1,7 +1,9 @@
 """The exit policy a runtime applies after each exit stage (numpy only: no torch at run time).
 
 Rules:
-- ``gate``: the paper's learned gate, sigmoid(w . [top-1 prob, top-1 - top-2 margin, SAV] + b) >= tau_L.
+- ``gate``: a learned logistic gate, sigmoid(w . features + b) >= tau_L. The paper's features are top-1
+  probability, top-1 - top-2 margin and SAV; from the second exit on, agreement with the previous exit
+  (cosine of the two embeddings, same top-1 class) is available too. Each exit's gate names its features.
 - ``confidence``: the baseline the paper beats: top-1 softmax probability >= tau_L.
 - ``agreement``: needs no label set (embedding/retrieval use): cosine between this exit's embedding and
   the previous exit's >= tau_L; the first exit has no previous one, so samples leave from the second on.
@@ -34,28 +36,95 @@ def confidence_features(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return top2[:, 1], top2[:, 1] - top2[:, 0]
 
 
+PAPER_GATE_FEATURES = ("confidence", "margin", "sav")
+PREVIOUS_EXIT_FEATURES = ("agreement", "same_top1")  # need the previous exit's embedding and class scores
+GATE_FEATURES = (*PAPER_GATE_FEATURES, *PREVIOUS_EXIT_FEATURES)
+
+
+def gate_feature_values(
+    names: tuple[str, ...] | list[str],
+    scores: np.ndarray,
+    sav: np.ndarray,
+    emb: np.ndarray | None = None,
+    prev: np.ndarray | None = None,
+    prev_scores: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, len(names)) gate inputs: confidence and margin of the class scores, SAV of the patch tokens,
+    agreement = cosine between this exit's and the previous exit's embeddings, same_top1 = 1 where both
+    exits rank the same class first."""
+    cols = []
+    c, m = confidence_features(scores)
+    for name in names:
+        if name == "confidence":
+            cols.append(c)
+        elif name == "margin":
+            cols.append(m)
+        elif name == "sav":
+            cols.append(np.asarray(sav, np.float64).reshape(-1))
+        elif name == "agreement":
+            cols.append(np.sum(np.asarray(emb, np.float64) * np.asarray(prev, np.float64), axis=1))
+        elif name == "same_top1":
+            cols.append((np.argmax(scores, axis=1) == np.argmax(prev_scores, axis=1)).astype(np.float64))
+        else:
+            raise OvclipError(f"unknown gate feature {name!r}; known: {', '.join(GATE_FEATURES)}")
+    return np.stack(cols, axis=1)
+
+
 @dataclass
 class Gate:
-    """Logistic gate on standardised (confidence, margin, SAV)."""
+    """Logistic gate on standardised features (`features` names them, in order)."""
 
     w: np.ndarray
     b: float
     mu: np.ndarray
     sd: np.ndarray
+    features: tuple[str, ...] = PAPER_GATE_FEATURES
 
-    def features(self, scores: np.ndarray, sav: np.ndarray) -> np.ndarray:
-        c, m = confidence_features(scores)
-        return (np.stack([c, m, sav.astype(np.float64)], axis=1) - self.mu) / self.sd
+    def __post_init__(self) -> None:
+        self.features = tuple(self.features)
+        unknown = [f for f in self.features if f not in GATE_FEATURES]
+        if unknown or not len(self.w) == len(self.mu) == len(self.sd) == len(self.features):
+            raise OvclipError(
+                f"malformed gate: features {list(self.features)} (known: {', '.join(GATE_FEATURES)}) with "
+                f"{len(self.w)} weights, {len(self.mu)} means, {len(self.sd)} scales"
+            )
 
-    def __call__(self, scores: np.ndarray, sav: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(self.features(scores, sav) @ self.w + self.b)))
+    @property
+    def needs_previous(self) -> bool:
+        return any(f in PREVIOUS_EXIT_FEATURES for f in self.features)
+
+    def logit(
+        self,
+        scores: np.ndarray,
+        sav: np.ndarray,
+        emb: np.ndarray | None = None,
+        prev: np.ndarray | None = None,
+        prev_scores: np.ndarray | None = None,
+    ) -> np.ndarray:
+        x = gate_feature_values(self.features, scores, sav, emb, prev, prev_scores)
+        return ((x - self.mu) / self.sd) @ self.w + self.b
+
+    def __call__(self, scores, sav, emb=None, prev=None, prev_scores=None) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logit(scores, sav, emb, prev, prev_scores)))
 
     def to_dict(self) -> dict:
-        return {"w": self.w.tolist(), "b": float(self.b), "mu": self.mu.tolist(), "sd": self.sd.tolist()}
+        return {
+            "features": list(self.features),
+            "w": self.w.tolist(),
+            "b": float(self.b),
+            "mu": self.mu.tolist(),
+            "sd": self.sd.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Gate:
-        return cls(np.asarray(d["w"], float), float(d["b"]), np.asarray(d["mu"], float), np.asarray(d["sd"], float))
+        return cls(
+            np.asarray(d["w"], float),
+            float(d["b"]),
+            np.asarray(d["mu"], float),
+            np.asarray(d["sd"], float),
+            tuple(d.get("features", PAPER_GATE_FEATURES)),  # folders written before gates named features
+        )
 
 
 @dataclass
@@ -72,6 +141,13 @@ class ExitPolicy:
             raise OvclipError(f"unknown exit rule {self.rule!r}; known: {', '.join(RULES)}")
         if self.rule == "gate" and set(self.gates) != set(self.exits):
             raise OvclipError("a 'gate' exit policy needs one gate per exit layer")
+        if self.rule == "gate" and self.exits and self.gates[self.exits[0]].needs_previous:
+            raise OvclipError(f"the gate of the first exit ({self.exits[0]}) cannot use the previous exit's features")
+
+    @property
+    def needs_previous(self) -> bool:
+        """Whether an exit's decision uses the previous exit's outputs (heads run at every earlier exit)."""
+        return self.rule == "agreement" or (self.rule == "gate" and any(g.needs_previous for g in self.gates.values()))
 
     @property
     def needs_labels(self) -> bool:
@@ -81,11 +157,18 @@ class ExitPolicy:
         return self.heads[layer]
 
     def score(
-        self, layer: int, scores: np.ndarray | None, sav: np.ndarray, prev: np.ndarray | None, emb: np.ndarray
+        self,
+        layer: int,
+        scores: np.ndarray | None,
+        sav: np.ndarray,
+        prev: np.ndarray | None,
+        emb: np.ndarray,
+        prev_scores: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The quantity compared with the threshold (higher = more ready to exit)."""
+        """The quantity compared with the threshold (higher = more ready to exit). `prev` and `prev_scores`
+        are the previous exit's embedding and class scores for the same samples (None at the first exit)."""
         if self.rule == "gate":
-            return self.gates[layer](scores, sav)
+            return self.gates[layer](scores, sav, emb, prev, prev_scores)
         if self.rule == "confidence":
             return confidence_features(scores)[0]
         if prev is None:
@@ -93,12 +176,18 @@ class ExitPolicy:
         return np.sum(emb * prev, axis=1)
 
     def decide(
-        self, layer: int, emb: np.ndarray, sav: np.ndarray, scores: np.ndarray | None, prev: np.ndarray | None
+        self,
+        layer: int,
+        emb: np.ndarray,
+        sav: np.ndarray,
+        scores: np.ndarray | None,
+        prev: np.ndarray | None,
+        prev_scores: np.ndarray | None = None,
     ) -> np.ndarray:
         tau = self.thresholds.get(layer)
         if tau is None:
             return np.zeros(len(emb), bool)
-        return self.score(layer, scores, sav, prev, emb) >= tau
+        return self.score(layer, scores, sav, prev, emb, prev_scores) >= tau
 
     def with_thresholds(self, thresholds: dict[int, float | None]) -> ExitPolicy:
         return ExitPolicy(self.rule, self.exits, self.heads, dict(thresholds), self.gates, self.info)

@@ -13,12 +13,12 @@ def exit_scores(
     policy: ExitPolicy, logits: dict[int, np.ndarray], sav: dict[int, np.ndarray], embs: dict[int, np.ndarray]
 ) -> dict[int, np.ndarray]:
     """Per exit of `policy`, the score its rule compares with the threshold, for every sample (as the runtime
-    computes it: the agreement rule compares each exit's embedding with the previous exit's)."""
+    computes it: agreement features compare each exit with the previous one)."""
     out: dict[int, np.ndarray] = {}
-    prev = None
+    prev = prev_scores = None
     for L in policy.exits:
-        out[L] = policy.score(L, logits[L], sav[L], prev, embs[L])
-        prev = embs[L]
+        out[L] = policy.score(L, logits[L], sav[L], prev, embs[L], prev_scores)
+        prev, prev_scores = embs[L], logits[L]
     return out
 
 

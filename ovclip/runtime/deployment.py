@@ -295,6 +295,7 @@ class Deployment:
         active = np.arange(n)
         h = pixels
         prev: np.ndarray | None = None
+        prev_scores: np.ndarray | None = None
         for stage in self.vision["stages"]:
             out = self.infer(stage["file"], h)[0]
             end = stage["blocks"][1]
@@ -305,13 +306,14 @@ class Deployment:
                 head_emb, sav = self.infer(policy.head_file(end), out)[:2]
                 head_emb = l2n(head_emb)
                 scores = self.logit_scale * head_emb @ class_embeddings.T if class_embeddings is not None else None
-                leave = policy.decide(end, head_emb, sav.reshape(-1), scores, prev)
+                leave = policy.decide(end, head_emb, sav.reshape(-1), scores, prev, prev_scores)
                 if leave.any():
                     embeddings[active[leave]] = head_emb[leave]
                     exit_layer[active[leave]] = end
                     keep = ~leave
                     active, out, head_emb = active[keep], out[keep], head_emb[keep]
-                prev = head_emb
+                    scores = None if scores is None else scores[keep]
+                prev, prev_scores = head_emb, scores
                 if len(active) == 0:
                     break
             h = np.ascontiguousarray(out)

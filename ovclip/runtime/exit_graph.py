@@ -6,7 +6,7 @@ hand-overs cost as much as the blocks that early exit saves. Here the same compu
 `ov.Model` with OpenVINO's own graph API, so the plugin runs it as one request:
 
     h = stage_0(pixels)                       idx = [0 .. N)
-    emb, sav = head_L(h); leave = rule(emb, sav, class_embeddings) >= tau_L
+    emb, sav = head_L(h); leave = rule(emb, sav, class_embeddings, previous exit) >= tau_L
     embeddings[idx[leave]] = emb[leave]       exit_layer[idx[leave]] = L
     h, idx = h[~leave], idx[~leave]           (NonZero + Gather: later blocks see survivors only)
     ...
@@ -60,19 +60,43 @@ def _top2_features(scores: ov.Output) -> tuple[ov.Output, ov.Output]:
     return p1, ops.subtract(p1, p2).output(0)
 
 
-def _exit_score(policy: ExitPolicy, layer: int, emb: ov.Output, sav: ov.Output, cls, prev) -> tuple[ov.Output, float]:
+def _top1(scores: ov.Output) -> ov.Output:
+    return ops.topk(scores, np.int64(1), 1, "max", "none", "i64").output(1)
+
+
+def _gate_inputs(
+    names: tuple[str, ...], scores: ov.Output, sav: ov.Output, emb: ov.Output, prev, prev_scores
+) -> list[ov.Output]:
+    """The graph twin of `gate_feature_values`, one (K,) column per named feature."""
+    conf, margin = _top2_features(scores)
+    cols = []
+    for name in names:
+        if name == "confidence":
+            cols.append(conf)
+        elif name == "margin":
+            cols.append(margin)
+        elif name == "sav":
+            cols.append(ops.reshape(sav, np.array([-1], np.int64), False).output(0))
+        elif name == "agreement":
+            cols.append(ops.reduce_sum(ops.multiply(emb, prev), np.array([1], np.int64)).output(0))
+        else:  # same_top1
+            same = ops.equal(_top1(scores), _top1(prev_scores))
+            cols.append(ops.reshape(ops.convert(same, "f32"), np.array([-1], np.int64), False).output(0))
+    return cols
+
+
+def _exit_score(
+    policy: ExitPolicy, layer: int, emb: ov.Output, sav: ov.Output, scores, prev, prev_scores
+) -> tuple[ov.Output, float]:
     """(score, threshold) in the space the graph compares them: logit for the gate, as-is otherwise."""
     tau = float(policy.thresholds[layer])
     if policy.rule == "agreement":
         return ops.reduce_sum(ops.multiply(emb, prev), np.array([1], np.int64)).output(0), tau
-    scores = ops.matmul(emb, cls, False, True)  # (K, C), already scaled by logit_scale in `cls`
-    conf, margin = _top2_features(scores)
     if policy.rule == "confidence":
-        return conf, tau
+        return _top2_features(scores)[0], tau
     g = policy.gates[layer]
-    feats = [conf, margin, ops.reshape(sav, np.array([-1], np.int64), False).output(0)]
     z = ops.constant(np.float32(g.b))
-    for k, f in enumerate(feats):
+    for k, f in enumerate(_gate_inputs(g.features, scores, sav, emb, prev, prev_scores)):
         wk = np.float32(g.w[k] / g.sd[k])
         z = ops.add(z, ops.multiply(ops.subtract(f, np.float32(g.mu[k])), wk))
     # sigmoid(z) >= tau  <=>  z >= log(tau / (1 - tau)). tau <= 0: always. tau >= 1: where float64's
@@ -106,7 +130,7 @@ def exit_graph(
     cls = None
     live = [] if policy is None else [e for e in policy.exits if policy.thresholds.get(e) is not None]
     needed = set(live)
-    if live and policy.rule == "agreement":  # earlier exits feed the comparison even where none leave
+    if live and policy.needs_previous:  # earlier exits feed the comparison even where none leave
         needed = {e for e in policy.exits if e <= max(live)}
     if live and policy.needs_labels:
         cls_param = ops.parameter(ov.PartialShape([-1, embedding_dim]), ov.Type.f32, name="class_embeddings")
@@ -120,7 +144,7 @@ def exit_graph(
     idx = ops.range(np.int64(0), ops.squeeze(n, np.array([0], np.int64)), np.int64(1), "i64").output(0)
 
     h = pixels.output(0)
-    prev = None
+    prev = prev_scores = None
     for k, (stage, end) in enumerate(zip(stages, stage_ends, strict=True)):
         h = stage.get_results()[0].input_value(0) if k == 0 else _graft(stage, h)[0]
         if end == num_layers:
@@ -130,10 +154,11 @@ def exit_graph(
             continue
         emb, sav = _graft(heads[end], h)[:2]
         emb = _l2n(emb)
+        scores = None if cls is None else ops.matmul(emb, cls, False, True).output(0)  # cls carries logit_scale
         if end not in live or (policy.rule == "agreement" and prev is None):
-            prev = emb  # no one leaves here; for 'agreement' it seeds the next comparison
+            prev, prev_scores = emb, scores  # no one leaves here; it seeds the next exit's comparison
             continue
-        score, tau = _exit_score(policy, end, emb, sav, cls, prev)
+        score, tau = _exit_score(policy, end, emb, sav, scores, prev, prev_scores)
         if tau == -math.inf:
             leave = ops.greater_equal(score, score).output(0)  # all True (NaN aside)
         elif tau == math.inf:
@@ -147,6 +172,7 @@ def exit_graph(
         layer_const = ops.broadcast(np.int32(end), ops.shape_of(leaving, "i64")).output(0)
         exit_layer = ops.scatter_update(exit_layer, leaving, layer_const, np.int64(0)).output(0)
         h, idx, prev = _take(h, stay_pos), _take(idx, stay_pos), _take(emb, stay_pos)
+        prev_scores = None if scores is None else _take(scores, stay_pos)
 
     out_emb = ops.result(embeddings)
     out_emb.output(0).get_tensor().set_names({"image_embeds"})
