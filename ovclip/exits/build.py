@@ -227,10 +227,10 @@ def build_exits(
         + (f"; pruned (kappa {cfg.kappa}): {pruned}" if pruned else "")
     )
 
-    heads, head_acc, scores, correct, embs, head_val = {}, {}, {}, {}, {}, {}
+    heads, head_acc, scores, correct, embs, head_val, head_len = {}, {}, {}, {}, {}, {}, {}
     for L in kept:
         # training length chosen on the gate split (held out from head training, not the threshold split)
-        heads[L], head_val[L] = select_head(
+        heads[L], head_len[L], head_val[L] = select_head(
             feats.pooled[L], labels, class_text, feats.fp32_final, logit_scale, s_head, s_gate, cfg.head
         )
         embs[L] = head_embeddings(heads[L], feats.pooled[L])
@@ -241,10 +241,7 @@ def build_exits(
     full_correct = full_scores.argmax(1) == labels
     log(
         "exit-head top-1 on the threshold split: "
-        + ", ".join(
-            f"{L}: {100 * v:.1f}% ({max(head_val[L], key=lambda e, L=L: head_val[L][e])} epochs)"
-            for L, v in head_acc.items()
-        )
+        + ", ".join(f"{L}: {100 * v:.1f}% ({head_len[L]} epochs)" for L, v in head_acc.items())
         + f"; INT8 full depth {100 * full_correct[s_thr].mean():.1f}%"
     )
 

@@ -94,9 +94,9 @@ def select_head(
     train_idx: np.ndarray,
     val_idx: np.ndarray,
     cfg: HeadTrainConfig = HeadTrainConfig(),
-) -> tuple[SSAHead, dict[int, float]]:
+) -> tuple[SSAHead, int, dict[int, float]]:
     """Train one head per candidate length on `train_idx`; keep the most accurate on `val_idx` (ties: the
-    shorter). Returns the head and the validation top-1 of every candidate."""
+    shorter). Returns the head, its length and the validation top-1 of every candidate."""
     lengths = cfg.epoch_candidates or (cfg.epochs,)
     best, val = None, {}
     for epochs in lengths:
@@ -112,7 +112,7 @@ def select_head(
         val[epochs] = float(np.mean((emb @ class_text.T).argmax(1) == labels[val_idx]))
         if best is None or val[epochs] > val[best[0]]:
             best = (epochs, head)
-    return best[1], val
+    return best[1], best[0], val
 
 
 @torch.no_grad()
