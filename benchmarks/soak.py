@@ -90,28 +90,11 @@ def versions() -> dict:
 
 
 def tiny_fp32(root: Path) -> Path:
-    """A tiny random CLIP exported as FP32 IR (for smoke runs where no real folder exists)."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
+    """`random:tiny` exported as FP32 IR (for smoke runs where no real folder exists)."""
     from ovclip.checkpoint import load_checkpoint
     from ovclip.export import ExportOptions, export_deployment
 
-    common = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2}
-    vision = {**common, "num_hidden_layers": 4, "image_size": 64, "patch_size": 32}
-    text = {
-        **common,
-        "num_hidden_layers": 2,
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "eos_token_id": 49407,
-        "bos_token_id": 49406,
-        "pad_token_id": 0,
-    }
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).eval()
-    model.save_pretrained(root / "tiny-clip")
-    export_deployment(load_checkpoint(str(root / "tiny-clip")), root / "tiny-fp32", ExportOptions())
+    export_deployment(load_checkpoint("random:tiny"), root / "tiny-fp32", ExportOptions())
     return root / "tiny-fp32"
 
 

@@ -25,11 +25,12 @@ class TinyClip:
     model: object  # the torch CLIPModel the folder was saved from (the independent reference)
 
 
-def tiny_config():
+def tiny_config(*, vision_layers: int = V_LAYERS, hidden_act: str = "quick_gelu", intermediate: int = 4 * WIDTH):
+    """The tiny CLIP's transformers config (the module docstring's shape unless overridden)."""
     from transformers import CLIPConfig
 
-    common = {"hidden_size": WIDTH, "intermediate_size": 4 * WIDTH, "num_attention_heads": HEADS}
-    vision = {**common, "num_hidden_layers": V_LAYERS, "image_size": IMAGE, "patch_size": PATCH}
+    common = {"hidden_size": WIDTH, "intermediate_size": intermediate, "num_attention_heads": HEADS}
+    vision = {**common, "num_hidden_layers": vision_layers, "image_size": IMAGE, "patch_size": PATCH}
     text = {
         **common,
         "num_hidden_layers": T_LAYERS,
@@ -40,17 +41,18 @@ def tiny_config():
         "pad_token_id": 0,
     }
     cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED)
-    cfg.text_config.hidden_act = cfg.vision_config.hidden_act = "quick_gelu"
+    cfg.text_config.hidden_act = cfg.vision_config.hidden_act = hidden_act
     return cfg
 
 
-def build_tiny_model(seed: int = 0):
+def build_tiny_model(seed: int = 0, **config):
+    """The tiny CLIP with every parameter random (`config`: overrides for `tiny_config`)."""
     import torch
     from transformers import CLIPModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIPModel(tiny_config()).eval()
+        model = CLIPModel(tiny_config(**config)).eval()
         with torch.no_grad():
             for name, p in model.named_parameters():
                 is_norm_scale = ("norm" in name or "layrnorm" in name) and name.endswith("weight")

@@ -19,6 +19,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 from click.testing import CliRunner
+from conftest import build_tiny_model
 
 from ovclip.analyze import BlockTaps, find_block_outputs
 from ovclip.analyze.command import analyze
@@ -45,33 +46,6 @@ ROW_KEYS = {
 }
 
 
-def _tiny_clip(seed: int = 0):
-    """Vision 4 x 64 (2 heads, 64 px, patch 32), text 2 x 64, projection 32; every parameter random, so the
-    bias and LayerNorm-affine Add nodes that the surgery must tell apart from residual Adds are all there."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    common = {"hidden_size": WIDTH, "intermediate_size": 4 * WIDTH, "num_attention_heads": 2}
-    vision = {**common, "num_hidden_layers": LAYERS, "image_size": 64, "patch_size": 32}
-    text = {
-        **common,
-        "num_hidden_layers": 2,
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "eos_token_id": 49407,
-        "bos_token_id": 49406,
-        "pad_token_id": 0,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).eval()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                scale = ("norm" in name or "layrnorm" in name) and name.endswith("weight")
-                p.copy_(torch.randn_like(p) * (0.1 if scale else 0.05) + (1.0 if scale else 0.0))
-    return model
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """The tiny model saved with save_pretrained, exported FP32 (split after block 2) and NNCF INT8."""
@@ -82,7 +56,7 @@ def folders(tmp_path_factory):
     from ovclip.quantize.pipeline import quantize_deployment
 
     root = tmp_path_factory.mktemp("analyze")
-    model = _tiny_clip()
+    model = build_tiny_model()  # every parameter random: bias and LayerNorm-affine Adds are all there
     model.save_pretrained(root / "hf")
     ckpt = load_checkpoint(str(root / "hf"))
     with warnings.catch_warnings():

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import EMBED, HEADS, IMAGE, T_LAYERS, WIDTH, build_tiny_model
 from PIL import Image
 from safetensors.torch import save_file
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 import ovclip.checkpoint.sources as sources
 from ovclip.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -27,7 +28,7 @@ from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig, preprocess
 from ovclip.tokenizer import ClipTokenizer
 
-IMAGE, PATCH, WIDTH, HEADS, V_LAYERS, T_LAYERS, EMBED = 64, 32, 64, 2, 3, 2, 32
+V_LAYERS = 3  # one fewer than the shared tiny model's 4
 TEXTS = ["a photo of an astronaut", "a cup of coffee", "a photo of a cat", ""]
 TOL = 1e-5
 
@@ -35,33 +36,9 @@ TOL = 1e-5
 # --- reference model and inputs -------------------------------------------------------------------
 
 
-def tiny_config(hidden_act: str = "quick_gelu") -> CLIPConfig:
-    common = {"hidden_size": WIDTH, "intermediate_size": 4 * WIDTH, "num_attention_heads": HEADS}
-    vision = {**common, "num_hidden_layers": V_LAYERS, "image_size": IMAGE, "patch_size": PATCH}
-    text = {
-        **common,
-        "num_hidden_layers": T_LAYERS,
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "eos_token_id": 49407,
-        "bos_token_id": 49406,
-        "pad_token_id": 0,
-    }
-    cfg = CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED)
-    cfg.text_config.hidden_act = cfg.vision_config.hidden_act = hidden_act
-    return cfg
-
-
 def tiny_model(hidden_act: str = "quick_gelu", seed: int = 0) -> CLIPModel:
     """Every parameter random (HF zero-initialises biases, which would hide a bias mapping error)."""
-    torch.manual_seed(seed)
-    model = CLIPModel(tiny_config(hidden_act)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm_scale = ("norm" in name or "layrnorm" in name) and name.endswith("weight")
-            p.copy_(torch.randn_like(p) * (0.1 if is_norm_scale else 0.05) + (1.0 if is_norm_scale else 0.0))
-        model.logit_scale.fill_(2.0)
-    return model
+    return build_tiny_model(seed, vision_layers=V_LAYERS, hidden_act=hidden_act)
 
 
 def photos() -> list[Image.Image]:
@@ -442,7 +419,7 @@ ERROR_CASES = {
         lambda f, t: _drop_key(f["hf.safetensors"], t / "m.safetensors", "vision_model.encoder.layers.2.mlp.fc1.bias"),
         "missing",
     ),
-    "unknown random model": (lambda f, t: "random:vit-x-99", "known: random:vit-b-32"),
+    "unknown random model": (lambda f, t: "random:vit-x-99", "known: random:tiny, random:vit-b-32"),
 }
 
 

@@ -10,7 +10,7 @@ import openvino as ov
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel
+from conftest import EMBED, IMAGE, V_LAYERS, WIDTH, build_tiny_model
 
 from ovclip.checkpoint import load_checkpoint
 from ovclip.deployment import read_manifest, write_manifest
@@ -22,35 +22,13 @@ from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, 
 from ovclip.export import ExportOptions, export_deployment
 from ovclip.runtime import Deployment
 
-LAYERS, WIDTH, EMB, IMG = 4, 64, 32, 64
+LAYERS, EMB, IMG = V_LAYERS, EMBED, IMAGE  # the shared tiny CLIP's shape
 EXITS = [1, 2, 3]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vocab_size=49408,
-            eos_token_id=49407,
-            bos_token_id=49406,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            hidden_size=WIDTH,
-            intermediate_size=128,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=2,
-            image_size=IMG,
-            patch_size=32,
-        ),
-        projection_dim=EMB,
-    )
-    model = CLIPModel(cfg).eval()
+    model = build_tiny_model(0, intermediate=128)
     root = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(root / "hf")
     ckpt = load_checkpoint(str(root / "hf"))

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import build_tiny_model
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPModel
 
 from ovclip.cli import main
 from ovclip.errors import OvclipError
@@ -39,19 +40,7 @@ SOT, EOT = 49406, 49407
 
 
 def save_tiny_clip(folder: Path, seed: int = 0, vision_layers: int = 4) -> CLIPModel:
-    common = {"hidden_size": 64, "intermediate_size": 256, "num_attention_heads": 2}
-    vision = {**common, "num_hidden_layers": vision_layers, "image_size": 64, "patch_size": 32}
-    text = {
-        **common,
-        "num_hidden_layers": 2,
-        "vocab_size": 49408,
-        "max_position_embeddings": 77,
-        "eos_token_id": EOT,
-        "bos_token_id": SOT,
-        "pad_token_id": 0,
-    }
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32)).eval()
+    model = build_tiny_model(seed, vision_layers=vision_layers)
     model.save_pretrained(folder)
     return model
 
