@@ -176,8 +176,8 @@ def quantize(
             gate_features=gate_features,
         )
         exits = None if exits == "auto" else exits
-    elif flops_budget is not None or max_drop is not None:
-        raise OvclipError("--flops-budget/--max-drop set an exit policy; drop --no-exits to use them")
+    elif flops_budget is not None or max_drop is not None or gate_features != "paper":
+        raise OvclipError("--flops-budget/--max-drop/--gate-features set an exit policy; drop --no-exits to use them")
     from ovclip.deployment import check_target
 
     check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load and calibration

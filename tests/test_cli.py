@@ -128,6 +128,14 @@ def test_export_bad_exits_is_one_line(tiny_clip, tmp_path):
     assert_one_line_error(result, "--exits", "7", after_load=True)
 
 
+@pytest.mark.parametrize("option", [("--max-drop", "0.5"), ("--gate-features", "select")])
+def test_quantize_exit_options_without_exits_are_one_line(tiny_clip, tmp_path, option):
+    out = tmp_path / "out"
+    result = run("quantize", "--model", tiny_clip.folder, "--out", out, "--no-exits", *option)
+    assert_one_line_error(result, "--gate-features", "drop --no-exits")
+    assert not out.exists()
+
+
 def test_export_into_existing_folder_needs_overwrite(tiny_clip, fp32_folder):
     result = run("export", "--model", tiny_clip.folder, "--out", fp32_folder)
     assert_one_line_error(result, str(fp32_folder), "--overwrite", after_load=True)
