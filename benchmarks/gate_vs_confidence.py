@@ -30,19 +30,19 @@ from ovclip.data.datasets import open_dataset
 from ovclip.exits.build import PARETO_BUDGETS, ExitBuildConfig, split_calibration
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.flops import flops_to_exit
-from ovclip.exits.gate_fit import fit_gate, fit_logistic, select_gate
-from ovclip.exits.policy import ExitPolicy, confidence_features
+from ovclip.exits.gate_fit import cv_auc, fit_gate, fit_logistic, roc_auc, select_gate
+from ovclip.exits.policy import PAPER_GATE_FEATURES, PREVIOUS_EXIT_FEATURES, ExitPolicy, gate_feature_values
 from ovclip.exits.thresholds import for_budget, grid
 from ovclip.exits.trace import exit_scores
 from ovclip.runtime import Deployment
 from ovclip.runtime.deployment import trace_vision
 
-FEATURE_SETS = {
+FEATURE_SETS = {  # display name -> `gate_feature_values` names; the candidates `select_gate` weighs
     "confidence": ("confidence",),
     "confidence+margin": ("confidence", "margin"),
-    "paper (confidence+margin+SAV)": ("confidence", "margin", "sav"),
-    "confidence+agreement": ("confidence", "cosine_prev", "same_top1_prev"),
-    "paper+agreement": ("confidence", "margin", "sav", "cosine_prev", "same_top1_prev"),
+    "paper (confidence+margin+SAV)": PAPER_GATE_FEATURES,
+    "confidence+agreement": ("confidence", "agreement", "same_top1"),
+    "paper+agreement": (*PAPER_GATE_FEATURES, "agreement", "same_top1"),
 }
 
 
@@ -74,61 +74,32 @@ def subset(t: dict, idx: np.ndarray) -> dict:
     return {k: ({L: a[idx] for L, a in v.items()} if isinstance(v, dict) else v[idx]) for k, v in t.items()}
 
 
-def features(t: dict, exits: list[int], L: int) -> dict[str, np.ndarray]:
-    c, m = confidence_features(t["logits"][L])
-    out = {"confidence": c, "margin": m, "sav": t["sav"][L]}
+def features(t: dict, exits: list[int], L: int, names: tuple[str, ...]) -> np.ndarray:
+    """Exit L's gate inputs `names` (agreement features compare with the exit before L)."""
     j = exits.index(L)
-    if j > 0:
-        P = exits[j - 1]
-        out["cosine_prev"] = np.sum(t["emb"][L] * t["emb"][P], axis=1)
-        out["same_top1_prev"] = (t["logits"][L].argmax(1) == t["logits"][P].argmax(1)).astype(np.float64)
-    return out
-
-
-def auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count half)."""
-    from scipy.stats import rankdata
-
-    y = y.astype(bool)
-    r = rankdata(s)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
-def logistic_scores(x_fit, y_fit, x) -> np.ndarray:
-    w, b, mu, sd = fit_logistic(x_fit, y_fit)
-    return ((x - mu) / sd) @ w + b
-
-
-def cv_auc(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    if x.shape[1] == 1:
-        return auc(y, x[:, 0])
-    idx = np.random.default_rng(seed).permutation(len(y))
-    s = np.zeros(len(y))
-    for f in range(folds):
-        te = idx[f::folds]
-        tr = np.setdiff1d(idx, te)
-        s[te] = logistic_scores(x[tr], y[tr], x[te])
-    return auc(y, s)
+    prev = {} if j == 0 else {"prev": t["emb"][exits[j - 1]], "prev_scores": t["logits"][exits[j - 1]]}
+    return gate_feature_values(names, t["logits"][L], t["sav"][L], t["emb"][L], **prev)
 
 
 def ranking_table(cal: dict, test: dict, exits: list[int]) -> list[dict]:
     rows = []
     for L in exits:
-        fc, ft = features(cal, exits, L), features(test, exits, L)
         for name, cols in FEATURE_SETS.items():
-            if any(c not in fc for c in cols):
+            if exits.index(L) == 0 and set(cols) & set(PREVIOUS_EXIT_FEATURES):
                 continue
-            xc = np.stack([fc[c] for c in cols], 1)
-            xt = np.stack([ft[c] for c in cols], 1)
+            xc, xt = features(cal, exits, L, cols), features(test, exits, L, cols)
             yc = cal["correct"][L]
-            st = xt[:, 0] if len(cols) == 1 else logistic_scores(xc, yc, xt)
+            if len(cols) == 1:
+                st = xt[:, 0]
+            else:
+                w, b, mu, sd = fit_logistic(xc, yc)
+                st = ((xt - mu) / sd) @ w + b
             rows.append(
                 {
                     "exit": L,
                     "features": name,
                     "cv_auc_calibration": cv_auc(xc, yc),
-                    "auc_data": auc(test["correct"][L], st),
+                    "auc_data": roc_auc(test["correct"][L], st),
                 }
             )
     return rows
