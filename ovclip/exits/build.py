@@ -17,10 +17,10 @@ import openvino as ov
 from ovclip.errors import OvclipError
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.flops import flops_to_exit
-from ovclip.exits.gate_fit import fit_gate, select_gate
+from ovclip.exits.gate_fit import best_features, candidate_aucs, fit_gate
 from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, select_head
 from ovclip.exits.inr import inr, nsr, prune
-from ovclip.exits.policy import ExitPolicy
+from ovclip.exits.policy import PAPER_GATE_FEATURES, ExitPolicy
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
 from ovclip.exits.trace import exit_scores
 from ovclip.export.stages import PAPER_EXITS_12, parse_exits
@@ -252,11 +252,11 @@ def build_exits(
         cross-validated AUC of every candidate feature set (recorded whichever mode chose the gate)."""
         if (L, P) not in gate_cache:
             g = s_gate
-            prev = {} if P is None else {"prev": embs[P][g], "prev_scores": scores[P][g]}
-            chosen, aucs = select_gate(scores[L][g], feats.sav[L][g], correct[L][g], emb=embs[L][g], **prev)
-            if cfg.gate_features == "paper":
-                chosen = fit_gate(scores[L][g], feats.sav[L][g], correct[L][g])
-            gate_cache[L, P] = (chosen, aucs)
+            ctx = {"emb": embs[L][g]} | ({} if P is None else {"prev": embs[P][g], "prev_scores": scores[P][g]})
+            aucs = candidate_aucs(scores[L][g], feats.sav[L][g], correct[L][g], **ctx)
+            names = PAPER_GATE_FEATURES if cfg.gate_features == "paper" else best_features(aucs)
+            gate = fit_gate(scores[L][g], feats.sav[L][g], correct[L][g], features=names, **ctx)
+            gate_cache[L, P] = (gate, {"+".join(n): a for n, a in aucs.items()})
         return gate_cache[L, P]
 
     def gates_for(layers: list[int]) -> dict:
