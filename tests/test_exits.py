@@ -463,6 +463,9 @@ def test_select_gate_keeps_the_features_that_carry_information(truth, expected):
     assert gate.features == expected, aucs
     assert aucs["confidence"] == pytest.approx(roc_auc_score(y, conf))  # one column: its own AUC, no fit
     assert len(aucs) == 5
+    ctx = {"emb": emb, "prev": prev, "prev_scores": prev_logits}
+    fixed, fixed_aucs = select_gate(logits, sav, y, features=("confidence",), **ctx)
+    assert fixed.features == ("confidence",) and fixed_aucs == aucs  # a fixed set still reports every candidate
     first, first_aucs = select_gate(logits, sav, y)  # a first exit has no previous one to agree with
     assert set(first_aucs) == {"confidence", "confidence+margin", "confidence+margin+sav"}
 

@@ -17,7 +17,7 @@ import openvino as ov
 from ovclip.errors import OvclipError
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.flops import flops_to_exit
-from ovclip.exits.gate_fit import best_features, candidate_aucs, fit_gate
+from ovclip.exits.gate_fit import select_gate
 from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, select_head
 from ovclip.exits.inr import inr, nsr, prune
 from ovclip.exits.policy import PAPER_GATE_FEATURES, ExitPolicy
@@ -253,10 +253,8 @@ def build_exits(
         if (L, P) not in gate_cache:
             g = s_gate
             ctx = {"emb": embs[L][g]} | ({} if P is None else {"prev": embs[P][g], "prev_scores": scores[P][g]})
-            aucs = candidate_aucs(scores[L][g], feats.sav[L][g], correct[L][g], **ctx)
-            names = PAPER_GATE_FEATURES if cfg.gate_features == "paper" else best_features(aucs)
-            gate = fit_gate(scores[L][g], feats.sav[L][g], correct[L][g], features=names, **ctx)
-            gate_cache[L, P] = (gate, {"+".join(n): a for n, a in aucs.items()})
+            fixed = PAPER_GATE_FEATURES if cfg.gate_features == "paper" else None
+            gate_cache[L, P] = select_gate(scores[L][g], feats.sav[L][g], correct[L][g], features=fixed, **ctx)
         return gate_cache[L, P]
 
     def gates_for(layers: list[int]) -> dict:

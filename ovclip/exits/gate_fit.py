@@ -87,32 +87,6 @@ def cv_auc(x: np.ndarray, correct: np.ndarray, folds: int = 5, seed: int = 0) ->
     return roc_auc(correct, out)
 
 
-def candidate_aucs(
-    scores: np.ndarray,
-    sav: np.ndarray,
-    correct: np.ndarray,
-    *,
-    emb: np.ndarray | None = None,
-    prev: np.ndarray | None = None,
-    prev_scores: np.ndarray | None = None,
-    candidates: tuple[tuple[str, ...], ...] | None = None,
-    folds: int = 5,
-) -> dict[tuple[str, ...], float]:
-    """Cross-validated ROC AUC of every candidate feature set (default: the first-exit candidates when
-    `prev` is None, else those with agreement features too)."""
-    if candidates is None:
-        candidates = CANDIDATES_FIRST_EXIT if prev is None else CANDIDATES_LATER_EXITS
-    y = np.asarray(correct, bool)
-    return {
-        names: cv_auc(gate_feature_values(names, scores, sav, emb, prev, prev_scores), y, folds) for names in candidates
-    }
-
-
-def best_features(aucs: dict[tuple[str, ...], float]) -> tuple[str, ...]:
-    """The set with the highest AUC; ties (to 1e-6): the smaller, then the earlier one."""
-    return max(aucs, key=lambda n: (round(aucs[n], 6), -len(n)))
-
-
 def select_gate(
     scores: np.ndarray,
     sav: np.ndarray,
@@ -122,11 +96,18 @@ def select_gate(
     prev: np.ndarray | None = None,
     prev_scores: np.ndarray | None = None,
     candidates: tuple[tuple[str, ...], ...] | None = None,
+    features: tuple[str, ...] | None = None,
     folds: int = 5,
 ) -> tuple[Gate, dict[str, float]]:
-    """The gate of the candidate feature set with the best cross-validated AUC, fitted on all the samples;
-    and the AUC of every candidate ("+"-joined names)."""
-    ctx = {"emb": emb, "prev": prev, "prev_scores": prev_scores}
-    aucs = candidate_aucs(scores, sav, correct, candidates=candidates, folds=folds, **ctx)
-    gate = fit_gate(scores, sav, correct, features=best_features(aucs), **ctx)
+    """The gate of the candidate feature set with the best cross-validated AUC (ties to 1e-6: the smaller,
+    then the earlier set), fitted on all the samples; and the AUC of every candidate ("+"-joined names).
+    Candidates default to the first-exit sets when `prev` is None, else those with agreement features too.
+    `features` fixes the set instead (the AUCs are still measured and returned)."""
+    if candidates is None:
+        candidates = CANDIDATES_FIRST_EXIT if prev is None else CANDIDATES_LATER_EXITS
+    y = np.asarray(correct, bool)
+    aucs = {n: cv_auc(gate_feature_values(n, scores, sav, emb, prev, prev_scores), y, folds) for n in candidates}
+    if features is None:
+        features = max(aucs, key=lambda n: (round(aucs[n], 6), -len(n)))
+    gate = fit_gate(scores, sav, correct, features=features, emb=emb, prev=prev, prev_scores=prev_scores)
     return gate, {"+".join(n): a for n, a in aucs.items()}
