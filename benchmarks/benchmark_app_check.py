@@ -100,7 +100,7 @@ def main() -> None:
     run = C.Run("benchmark_app_check")
     import openvino as ov
 
-    from ovclip.deployment import read_manifest
+    from ovclip.folder import read_manifest
     from ovclip.runtime.device import compile_config, compile_model
 
     exe = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))

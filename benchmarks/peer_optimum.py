@@ -402,7 +402,7 @@ def main() -> None:
 
     deps = {}
     for d in ovclip_dirs:
-        from ovclip.deployment import read_manifest
+        from ovclip.folder import read_manifest
 
         man = read_manifest(d)
         prec = "f32" if man.variant in ("fp32", "fp16") else None

@@ -74,7 +74,7 @@ def machine() -> dict:
 
 
 def versions() -> dict:
-    from ovclip.deployment.manifest import library_versions
+    from ovclip.folder.manifest import library_versions
 
     v = library_versions()
     try:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ovclip.data.builtin import builtin_classes, builtin_eval
     from ovclip.data.prompts import builtin_templates
-    from ovclip.deployment import read_manifest
+    from ovclip.folder import read_manifest
     from ovclip.runtime import Deployment
 
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["soak.py", *argv])

@@ -45,9 +45,9 @@ def main() -> None:
 
     from ovclip.checkpoint import load_checkpoint
     from ovclip.data.builtin import builtin_calibration
-    from ovclip.deployment import read_manifest
     from ovclip.exits.flops import full_depth_flops
     from ovclip.export import ExportOptions, export_deployment
+    from ovclip.folder import read_manifest
     from ovclip.quantize import QuantizationConfig
     from ovclip.quantize.pipeline import quantize_deployment
     from ovclip.runtime import Deployment

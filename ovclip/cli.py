@@ -52,8 +52,8 @@ def main(debug: bool) -> None:
 def export(model, out, exits, precision, static_batch, act, overwrite):
     """Write an FP32/FP16 OpenVINO IR deployment folder: text tower + vision tower split at the exits."""
     from ovclip.checkpoint import load_checkpoint
-    from ovclip.deployment import check_target
     from ovclip.export import ExportOptions, export_deployment
+    from ovclip.folder import check_target
 
     check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load
     ckpt = load_checkpoint(model, hidden_act=act)
@@ -178,7 +178,7 @@ def quantize(
         exits = None if exits == "auto" else exits
     elif flops_budget is not None or max_drop is not None or gate_features != "paper":
         raise OvclipError("--flops-budget/--max-drop/--gate-features set an exit policy; drop --no-exits to use them")
-    from ovclip.deployment import check_target
+    from ovclip.folder import check_target
 
     check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load and calibration
     ckpt = load_checkpoint(model, hidden_act=act)

@@ -232,7 +232,7 @@ def _expected_shapes(data: dict) -> dict[str, tuple[list | None, list | None]]:
 
 def verify_deployment(folder: str | Path, *, read_ir: bool = True) -> VerifyReport:
     """Check a deployment folder against its manifest; every problem found is in `report.problems`."""
-    from ovclip.deployment.manifest import MANIFEST, read_manifest, sha256
+    from ovclip.folder.manifest import MANIFEST, read_manifest, sha256
 
     folder = Path(folder)
     report = VerifyReport(folder)

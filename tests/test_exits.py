@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from conftest import EMBED, IMAGE, V_LAYERS, WIDTH, build_tiny_model
 
 from ovclip.checkpoint import load_checkpoint
-from ovclip.deployment import read_manifest, write_manifest
 from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.gate_fit import fit_gate
 from ovclip.exits.heads import SSAHead, export_head
 from ovclip.exits.policy import ExitPolicy, gate_feature_values
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
 from ovclip.export import ExportOptions, export_deployment
+from ovclip.folder import read_manifest, write_manifest
 from ovclip.runtime import Deployment
 
 LAYERS, EMB, IMG = V_LAYERS, EMBED, IMAGE  # the shared tiny CLIP's shape

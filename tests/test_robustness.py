@@ -421,7 +421,7 @@ def test_verify_reports_every_problem_in_json(paths, broken_deployments, tmp_pat
 
 def _rewrite(folder: Path, edit) -> None:
     """Edit the manifest and re-sign it (write_manifest recomputes every sha256), as a buggy writer would."""
-    from ovclip.deployment import write_manifest
+    from ovclip.folder import write_manifest
 
     data = json.loads((folder / "manifest.json").read_text())
     edit(data)

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from conftest import build_tiny_model
 
-from ovclip.deployment import read_manifest
+from ovclip.folder import read_manifest
 from ovclip.runtime import Deployment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ovclip.bench.metrics import exit_histogram, rescue_quadrants, topk_accuracy
-from ovclip.deployment import Manifest
 from ovclip.errors import OvclipError
 from ovclip.exits.inr import inr, nsr, prune
+from ovclip.folder import Manifest
 
 TOKENS = {
     "patch_mean": "mean of the patch tokens (CLS excluded) — what the SSA exit heads read",

@@ -17,9 +17,9 @@ from ovclip.analyze.measure import (
     select_images,
 )
 from ovclip.analyze.surgery import BlockTaps
-from ovclip.deployment import read_manifest
-from ovclip.deployment.manifest import library_versions
 from ovclip.errors import OvclipError
+from ovclip.folder import read_manifest
+from ovclip.folder.manifest import library_versions
 from ovclip.preprocess import PreprocessConfig
 
 RANDOM_NOTE = "random weights: the checkpoint is untrained, so these figures describe no real model"

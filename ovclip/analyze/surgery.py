@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from ovclip.deployment import Manifest, read_manifest
 from ovclip.errors import OvclipError
+from ovclip.folder import Manifest, read_manifest
 from ovclip.runtime.device import compile_config, compile_model, core
 
 TRANSPARENT = ("FakeQuantize", "Convert")

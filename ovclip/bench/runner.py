@@ -11,9 +11,9 @@ import openvino as ov
 
 from ovclip.bench.metrics import exit_histogram, rescue_quadrants, topk_accuracy
 from ovclip.bench.throughput import measure
-from ovclip.deployment import read_manifest
 from ovclip.errors import OvclipError
 from ovclip.exits.flops import full_depth_flops, mean_flops
+from ovclip.folder import read_manifest
 from ovclip.runtime import Deployment
 from ovclip.runtime.device import supports_bf16
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 import openvino as ov
 import torch
 
-from ovclip.deployment import Manifest, staging_folder, write_manifest
 from ovclip.errors import OvclipError
 from ovclip.export.stages import parse_exits, stage_bounds
 from ovclip.export.towers import TextTower, VisionStage
+from ovclip.folder import Manifest, staging_folder, write_manifest
 from ovclip.tokenizer import write_tokenizer
 
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import openvino as ov
 
-from ovclip.deployment import Manifest, staging_folder, write_manifest
 from ovclip.errors import OvclipError
 from ovclip.export.exporter import (
     base_manifest,
@@ -21,6 +20,7 @@ from ovclip.export.exporter import (
     write_common,
 )
 from ovclip.export.stages import parse_exits, stage_bounds
+from ovclip.folder import Manifest, staging_folder, write_manifest
 from ovclip.quantize.config import QuantizationConfig
 from ovclip.quantize.nncf_stages import count_int8, f32_compile, quantize_model, quantize_stages, run_batched
 from ovclip.quantize.stitch import stitch

@@ -26,9 +26,9 @@ import openvino as ov
 from PIL import Image
 
 from ovclip.data.prompts import class_prompts
-from ovclip.deployment import read_manifest
 from ovclip.errors import OvclipError
 from ovclip.exits.policy import ExitPolicy
+from ovclip.folder import read_manifest
 from ovclip.preprocess import PreprocessConfig, preprocess
 from ovclip.runtime.device import check_device, compile_config, compile_model, executed_precision
 from ovclip.runtime.exit_graph import exit_graph

@@ -62,7 +62,7 @@ def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path
 def _replaceable(folder: Path) -> bool:
     """--overwrite may delete `folder` only if it is empty, holds an ovclip manifest, or holds nothing but
     IR and JSON files (a deployment folder whose manifest is damaged): never a folder of other files."""
-    from ovclip.deployment.manifest import FORMAT, MANIFEST
+    from ovclip.folder.manifest import FORMAT, MANIFEST
 
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))

@@ -1,6 +1,6 @@
 """The deployment folder: IR files, tokenizer, preprocessing and a self-describing manifest."""
 
-from ovclip.deployment.manifest import FORMAT_VERSION, Manifest, read_manifest, write_manifest
-from ovclip.deployment.writer import check_target, staging_folder
+from ovclip.folder.manifest import FORMAT_VERSION, Manifest, read_manifest, write_manifest
+from ovclip.folder.writer import check_target, staging_folder
 
 __all__ = ["FORMAT_VERSION", "Manifest", "read_manifest", "write_manifest", "staging_folder", "check_target"]
