@@ -26,7 +26,7 @@ from _common import Run, image_batches, interleaved, median, table, timed
 from ovclip.bench.report import templates_for
 from ovclip.bench.runner import accuracy_pass, optimal_nireq
 from ovclip.data.datasets import open_dataset
-from ovclip.exits.flops import flops_to_exit, full_depth_flops
+from ovclip.policy.flops import flops_to_exit, full_depth_flops
 from ovclip.runtime import Deployment
 
 

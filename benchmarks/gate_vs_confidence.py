@@ -28,12 +28,12 @@ from _common import Run, table
 from ovclip.bench.report import templates_for
 from ovclip.data.datasets import open_dataset
 from ovclip.exits.build import PARETO_BUDGETS, ExitBuildConfig, split_calibration
-from ovclip.exits.cascade import Trace, evaluate, exit_layers
-from ovclip.exits.flops import flops_to_exit
 from ovclip.exits.gate_fit import cv_auc, fit_gate, fit_logistic, roc_auc, select_gate
-from ovclip.exits.policy import PAPER_GATE_FEATURES, PREVIOUS_EXIT_FEATURES, ExitPolicy, gate_feature_values
 from ovclip.exits.thresholds import for_budget, grid
-from ovclip.exits.trace import exit_scores
+from ovclip.policy.cascade import Trace, evaluate, exit_layers
+from ovclip.policy.flops import flops_to_exit
+from ovclip.policy.rules import PAPER_GATE_FEATURES, PREVIOUS_EXIT_FEATURES, ExitPolicy, gate_feature_values
+from ovclip.policy.trace import exit_scores
 from ovclip.runtime import Deployment
 from ovclip.runtime.deployment import trace_vision
 

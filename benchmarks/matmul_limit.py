@@ -15,7 +15,7 @@ INT8 = `nncf.quantize(model_type=TRANSFORMER)` with SmoothQuant off, exactly ovc
 of MatMuls the CPU plugin really runs in INT8 is read back from the compiled model and printed.
 
 `--attained PRECISION=IMG_S` turns a variant's measured img/s into the fraction of the limit it reaches:
-FLOPs per image (ovclip.exits.flops.full_depth_flops) x img/s / mix rate of that precision.
+FLOPs per image (ovclip.policy.flops.full_depth_flops) x img/s / mix rate of that precision.
 Writes benchmarks/results/matmul_limit.json (or --json).
 """
 
@@ -249,7 +249,7 @@ def main() -> None:
     runners, facts, shapes = {}, {}, {}
     for i, m in enumerate(models):
         vision, emb, desc = vision_of(m)
-        from ovclip.exits.flops import full_depth_flops
+        from ovclip.policy.flops import full_depth_flops
 
         tag = f"m{i}:" if len(models) > 1 else ""
         shapes[m] = {

@@ -9,7 +9,7 @@ Builds with ovclip's library from `random:vit-b-32`: FP32 unsplit (`ovclip expor
 (`ovclip quantize --no-exits --exits none --smooth-quant S`). Times each deployment with ovclip's Deployment
 (batch 8, THROUGHPUT hint, optimal nireq; FP32 with INFERENCE_PRECISION_HINT f32, and bf16 when supported;
 INT8 with the plugin's default) and the OpenVINO MatMul chains of benchmarks/matmul_limit.py, all in the
-same interleaved rounds; medians. For each variant: FLOPs per image (ovclip.exits.flops.full_depth_flops)
+same interleaved rounds; medians. For each variant: FLOPs per image (ovclip.policy.flops.full_depth_flops)
 x img/s = attained G(FL)OP/s, and its fraction of the MatMul limit of its precision.
 Writes benchmarks/results/vitb32_speed.json (or --json).
 """
@@ -45,9 +45,9 @@ def main() -> None:
 
     from ovclip.checkpoint import load_checkpoint
     from ovclip.data.builtin import builtin_calibration
-    from ovclip.exits.flops import full_depth_flops
     from ovclip.export import ExportOptions, export_deployment
     from ovclip.folder import read_manifest
+    from ovclip.policy.flops import full_depth_flops
     from ovclip.quantize import QuantizationConfig
     from ovclip.quantize.pipeline import quantize_deployment
     from ovclip.runtime import Deployment

@@ -156,7 +156,7 @@ def _stages(folder: Path, vision: dict) -> tuple[list[str], str]:
 
 def _policies(folder: Path, data: dict, listed: set[str]) -> tuple[list[str], list[str], str]:
     """Problems, head files referenced, description."""
-    from ovclip.exits.policy import ExitPolicy
+    from ovclip.policy.rules import ExitPolicy
 
     out: list[str] = []
     heads: list[str] = []

@@ -20,13 +20,13 @@ import openvino.opset13 as ops
 import pytest
 from click.testing import CliRunner
 from conftest import build_tiny_model
+from ovclip.analyze.command import analyze
 
 from ovclip.analyze import BlockTaps, find_block_outputs
-from ovclip.analyze.command import analyze
 from ovclip.analyze.measure import rescue_table, select_images
 from ovclip.analyze.run import analyze_folders
 from ovclip.errors import OvclipError
-from ovclip.exits.inr import inr, nsr
+from ovclip.policy.inr import inr, nsr
 from ovclip.preprocess import PreprocessConfig, preprocess
 
 LAYERS, WIDTH, TOKENS = 4, 64, 5

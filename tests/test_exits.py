@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from conftest import EMBED, IMAGE, V_LAYERS, WIDTH, build_tiny_model
 
 from ovclip.checkpoint import load_checkpoint
-from ovclip.exits.cascade import Trace, evaluate, exit_layers
 from ovclip.exits.gate_fit import fit_gate
 from ovclip.exits.heads import SSAHead, export_head
-from ovclip.exits.policy import ExitPolicy, gate_feature_values
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
 from ovclip.export import ExportOptions, export_deployment
 from ovclip.folder import read_manifest, write_manifest
+from ovclip.policy.cascade import Trace, evaluate, exit_layers
+from ovclip.policy.rules import ExitPolicy, gate_feature_values
 from ovclip.runtime import Deployment
 
 LAYERS, EMB, IMG = V_LAYERS, EMBED, IMAGE  # the shared tiny CLIP's shape
@@ -121,7 +121,7 @@ def test_batch_compaction_keeps_order_and_every_sample(tiny, runtime):
 
 
 def _gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> ExitPolicy:
-    from ovclip.exits.policy import Gate
+    from ovclip.policy.rules import Gate
 
     w = np.array([2.0, -1.0, 0.5])
     mu_sd = {L: (np.array([0.5, 0.2, sav[L].mean()]), np.array([0.2, 0.1, sav[L].std()])) for L in EXITS}
@@ -131,7 +131,7 @@ def _gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> ExitPolicy:
 
 def _agreement_gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> ExitPolicy:
     """Paper gate at the first exit; later exits also read agreement with the previous exit."""
-    from ovclip.exits.policy import Gate
+    from ovclip.policy.rules import Gate
 
     first = _gate_policy(policy, sav).gates[EXITS[0]]
     feats = ("confidence", "agreement", "same_top1", "sav")
@@ -449,7 +449,7 @@ def test_select_gate_keeps_the_features_that_carry_information(truth, expected):
     from sklearn.metrics import roc_auc_score
 
     from ovclip.exits.gate_fit import select_gate
-    from ovclip.exits.policy import confidence_features
+    from ovclip.policy.rules import confidence_features
 
     rng, logits, sav, emb, prev, prev_logits = _exit_sample(4000, 7)
     conf = confidence_features(logits)[0]
@@ -472,7 +472,7 @@ def test_select_gate_keeps_the_features_that_carry_information(truth, expected):
 
 def test_policy_rejects_agreement_features_at_the_first_exit():
     from ovclip.errors import OvclipError
-    from ovclip.exits.policy import Gate
+    from ovclip.policy.rules import Gate
 
     g = Gate(np.ones(2), 0.0, np.zeros(2), np.ones(2), ("confidence", "agreement"))
     with pytest.raises(OvclipError, match=r"gate of the first exit \(2\) cannot use the previous exit"):

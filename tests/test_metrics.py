@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from ovclip.bench.metrics import exit_histogram, recall_at_k, rescue_quadrants, topk_accuracy
-from ovclip.exits.cascade import Trace, evaluate, exit_layers
-from ovclip.exits.inr import inr, nsr, prune
+from ovclip.policy.cascade import Trace, evaluate, exit_layers
+from ovclip.policy.inr import inr, nsr, prune
 
 # --- topk_accuracy ---------------------------------------------------------------------------------
 

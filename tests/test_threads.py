@@ -24,8 +24,8 @@ import torch
 from conftest import build_tiny_model
 
 from ovclip.exits.heads import SSAHead, export_head
-from ovclip.exits.policy import ExitPolicy, confidence_features
 from ovclip.folder import write_manifest
+from ovclip.policy.rules import ExitPolicy, confidence_features
 from ovclip.runtime import Deployment
 from ovclip.runtime.deployment import l2n
 

@@ -6,7 +6,7 @@ real images, with z_L the block's output read by IR surgery (see `surgery.py`), 
 - NSR (Eq. 1): mean over images of ||z_L^INT8 - z_L^FP32|| / ||z_L^FP32 - z_{L-1}^FP32||. The paper does
   not say which token z_L is; it is measured on three: the patch-token mean (what the SSA exit heads read,
   ovclip's choice), the CLS token, and all tokens flattened.
-- INR (Eq. 5, `ovclip.exits.inr.inr`): ||E_x z_L||^2 / sum Var_x(eps_L), on the patch mean and on CLS.
+- INR (Eq. 5, `ovclip.policy.inr.inr`): ||E_x z_L||^2 / sum Var_x(eps_L), on the patch mean and on CLS.
 - MSE of the activations, INT8 vs FP32, over all tokens and channels.
 - cosine FP32 vs INT8 of the CLS token and of the patch mean, averaged over images.
 - max |activation| over all tokens and images, FP32 and INT8.
@@ -23,8 +23,8 @@ import numpy as np
 
 from ovclip.bench.metrics import exit_histogram, rescue_quadrants, topk_accuracy
 from ovclip.errors import OvclipError
-from ovclip.exits.inr import inr, nsr, prune
 from ovclip.folder import Manifest
+from ovclip.policy.inr import inr, nsr, prune
 
 TOKENS = {
     "patch_mean": "mean of the patch tokens (CLS excluded) — what the SSA exit heads read",

@@ -12,8 +12,8 @@ import openvino as ov
 from ovclip.bench.metrics import exit_histogram, rescue_quadrants, topk_accuracy
 from ovclip.bench.throughput import measure
 from ovclip.errors import OvclipError
-from ovclip.exits.flops import full_depth_flops, mean_flops
 from ovclip.folder import read_manifest
+from ovclip.policy.flops import full_depth_flops, mean_flops
 from ovclip.runtime import Deployment
 from ovclip.runtime.device import supports_bf16
 
@@ -205,8 +205,8 @@ def accuracy_pass(dep: Deployment, dataset, class_emb: np.ndarray, ee: bool, chu
 def pareto_on_data(dep: Deployment, dataset, class_emb: np.ndarray, chunk: int) -> list[dict]:
     """Accuracy vs FLOPs saving on this data for the thresholds the policy stored per budget, for the
     learned gate and the confidence-only baseline (one traced pass: every head on every image)."""
-    from ovclip.exits.cascade import evaluate
-    from ovclip.exits.trace import trace_for_rule
+    from ovclip.policy.cascade import evaluate
+    from ovclip.policy.trace import trace_for_rule
     from ovclip.runtime.deployment import trace_vision
 
     policy = dep.policy

@@ -15,15 +15,15 @@ import numpy as np
 import openvino as ov
 
 from ovclip.errors import OvclipError
-from ovclip.exits.cascade import Trace, evaluate, exit_layers
-from ovclip.exits.flops import flops_to_exit
 from ovclip.exits.gate_fit import select_gate
 from ovclip.exits.heads import HeadTrainConfig, export_head, head_embeddings, select_head
-from ovclip.exits.inr import inr, nsr, prune
-from ovclip.exits.policy import PAPER_GATE_FEATURES, ExitPolicy
 from ovclip.exits.thresholds import drop_upper_bound, for_budget, for_max_drop, grid
-from ovclip.exits.trace import exit_scores
 from ovclip.export.stages import PAPER_EXITS_12, parse_exits
+from ovclip.policy.cascade import Trace, evaluate, exit_layers
+from ovclip.policy.flops import flops_to_exit
+from ovclip.policy.inr import inr, nsr, prune
+from ovclip.policy.rules import PAPER_GATE_FEATURES, ExitPolicy
+from ovclip.policy.trace import exit_scores
 from ovclip.quantize.nncf_stages import f32_compile
 
 if TYPE_CHECKING:

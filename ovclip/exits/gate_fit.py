@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ovclip.exits.policy import PAPER_GATE_FEATURES, Gate, gate_feature_values
+from ovclip.policy.rules import PAPER_GATE_FEATURES, Gate, gate_feature_values
 
 CANDIDATES_FIRST_EXIT = (("confidence",), ("confidence", "margin"), PAPER_GATE_FEATURES)
 CANDIDATES_LATER_EXITS = (

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ovclip.exits.cascade import Trace, evaluate
+from ovclip.policy.cascade import Trace, evaluate
 
 Thresholds = dict[int, float | None]
 

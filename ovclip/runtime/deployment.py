@@ -27,8 +27,8 @@ from PIL import Image
 
 from ovclip.data.prompts import class_prompts
 from ovclip.errors import OvclipError
-from ovclip.exits.policy import ExitPolicy
 from ovclip.folder import read_manifest
+from ovclip.policy.rules import ExitPolicy
 from ovclip.preprocess import PreprocessConfig, preprocess
 from ovclip.runtime.device import check_device, compile_config, compile_model, executed_precision
 from ovclip.runtime.exit_graph import exit_graph
@@ -333,7 +333,7 @@ def trace_vision(dep: Deployment, pixels: np.ndarray, policy: ExitPolicy) -> dic
     """Full depth with every exit head of `policy` evaluated on every sample (no sample leaves).
 
     Returns {"heads": {L: (normalised head embedding, SAV)}, "final": normalised full-depth embedding};
-    with it any thresholds can be tried offline (ovclip.exits.cascade) without running the model again.
+    with it any thresholds can be tried offline (ovclip.policy.cascade) without running the model again.
     """
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     heads: dict[int, tuple[np.ndarray, np.ndarray]] = {}

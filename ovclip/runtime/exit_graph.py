@@ -26,7 +26,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ovclip.exits.policy import ExitPolicy
+from ovclip.policy.rules import ExitPolicy
 
 
 def _graft(model: ov.Model, source: ov.Output) -> list[ov.Output]:

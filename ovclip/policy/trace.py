@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ovclip.exits.cascade import Trace
-from ovclip.exits.flops import flops_to_exit
-from ovclip.exits.policy import ExitPolicy
+from ovclip.policy.cascade import Trace
+from ovclip.policy.flops import flops_to_exit
+from ovclip.policy.rules import ExitPolicy
 
 
 def exit_scores(
