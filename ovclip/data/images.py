@@ -10,6 +10,11 @@ image takes its palette colours (also for the transparent index). Two deliberate
 - `background=` composites transparency onto a colour first, which is what transformers >= 4.5x's
   `CLIPImageProcessor` does with a PIL RGBA image (onto white); off by default.
 
+With the default, the file path gives what transformers' `load_image` + `CLIPImageProcessor` give:
+`ovclip.preprocess` then composites only what the reference composites after `load_image` (a palette
+image's transparent index survives `convert("RGB")` as `info["transparency"]` and turns white there);
+tests/test_preprocess_parity.py compares both paths on every image kind.
+
 Only raster formats are decoded (no EPS/PDF-like plugins that call external programs), decoding is by
 content (a PNG named `.jpg` is fine), the whole first frame is decoded so truncation is caught here,
 and images above `MAX_IMAGE_PIXELS` are refused before their pixels are decoded.
