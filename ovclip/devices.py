@@ -1,4 +1,4 @@
-"""`ovclip devices`: what OpenVINO sees on this machine, and what each device supports.
+"""What OpenVINO sees on this machine, and what each device supports.
 
     describe_devices()          # one dict per device OpenVINO lists (CPU, GPU.0, NPU, ...)
     describe_devices("GPU")     # only that device; a missing one is a one-line OvclipError
@@ -20,14 +20,9 @@ as missing, never guessed.
 
 from __future__ import annotations
 
-import json
-
-import click
 import numpy as np
-from rich.table import Table
 
-from ovclip.cli_common import console, friendly
-from ovclip.errors import OvclipError
+from ovclip.errors import OvclipError, first_line
 
 # Entries of OPTIMIZATION_CAPABILITIES that are numeric precisions (the rest are features: WINOGRAD, EXPORT_IMPORT...)
 PRECISION_CAPS = ("FP32", "BF16", "FP16", "INT16", "INT8", "U8", "INT4", "BIN")
@@ -47,7 +42,7 @@ def _prop(device: str, name: str, errors: dict):
     try:
         return _core().get_property(device, name)
     except Exception as e:  # noqa: BLE001 - a plugin that does not answer is reported, not fatal
-        errors[name] = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        errors[name] = first_line(e, limit=200)
         return None
 
 
@@ -80,7 +75,7 @@ def _throughput_probe(device: str, errors: dict) -> dict:
             _probe_model(), device, {hints.performance_mode: hints.PerformanceMode.THROUGHPUT}
         )
     except Exception as e:  # noqa: BLE001
-        errors["throughput_probe"] = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        errors["throughput_probe"] = first_line(e, limit=200)
         return {"optimal_infer_requests": None, "streams": None}
     out = {}
     for key, name in (("optimal_infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"), ("streams", "NUM_STREAMS")):
@@ -88,7 +83,7 @@ def _throughput_probe(device: str, errors: dict) -> dict:
             v = compiled.get_property(name)
             out[key] = int(v) if v is not None else None
         except Exception as e:  # noqa: BLE001
-            errors[name] = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            errors[name] = first_line(e, limit=200)
             out[key] = None
     return out
 
@@ -167,55 +162,3 @@ def describe_devices(device: str | None = None) -> list[dict]:
     if not targets:
         raise OvclipError("OpenVINO sees no devices here (not even CPU); check the openvino installation")
     return [describe(d) for d in targets]
-
-
-def table(records: list[dict]) -> Table:
-    t = Table(title="OpenVINO devices", title_justify="left", caption=UNTESTED_NOTE, caption_justify="left")
-    for col in (
-        "device",
-        "name",
-        "type",
-        "precisions",
-        "default precision",
-        "dynamic shapes",
-        "THROUGHPUT requests",
-        "streams range",
-    ):
-        t.add_column(col, justify="right" if col in ("THROUGHPUT requests",) else "left")
-    for r in records:
-        rng = r["range_for_streams"]
-        req = r["throughput_optimal_infer_requests"]
-        t.add_row(
-            r["device"],
-            r["full_name"] or "—",
-            r["device_type"] or "—",
-            " ".join(r["precisions"]) or "—",
-            r["default_inference_precision"] or "—",
-            f"{r['dynamic_shapes']} (from {r['dynamic_shapes_source']})",
-            "—" if req is None else f"{req} ({r['throughput_streams']} streams)",
-            f"{rng[0]}–{rng[1]}" if rng else "—",
-        )
-    return t
-
-
-@click.command("devices")
-@click.option("--device", default=None, help="Only this device (CPU, GPU, GPU.1, NPU, AUTO:GPU,CPU ...).")
-@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON on stdout instead of a table.")
-@friendly
-def devices(device, as_json):
-    """What OpenVINO sees here: name, precisions, dynamic shapes, default precision, THROUGHPUT requests."""
-    records = describe_devices(device)
-    if as_json:
-        click.echo(json.dumps(records, indent=2))
-        return
-    console.print(table(records))
-    for r in records:
-        if r["errors"]:
-            console.print(
-                f"[yellow]{r['device']}: not answered: "
-                + "; ".join(f"{k}: {v}" for k, v in r["errors"].items())
-                + "[/]",
-                highlight=False,
-            )
-    for basis in dict.fromkeys(r["dynamic_shapes_basis"] for r in records):
-        console.print(f"dynamic shapes from: {basis}", highlight=False)

@@ -1,8 +1,9 @@
 """The one exception type the CLI turns into a single clear line, and the helper that shortens foreign errors.
 
-Library messages are written in API terms: a parameter is named as the Python API spells it (`flops_budget=1.5:
-...`, `give flops_budget or max_drop, not both`) and listed in `params`, so the CLI can show the same message with
-its flags (`--flops-budget 1.5: ...`) and a Python caller reads names it can pass.
+Library messages are written in API terms: a parameter is named as the Python API spells it, as `name=value`
+(`flops_budget=1.5: ...`) or backquoted (``give `flops_budget` or `max_drop`, not both``), and listed in `params`,
+so the CLI can show the same message with its flags (`--flops-budget 1.5: ...`) and a Python caller reads names
+it can pass.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from collections.abc import Sequence
 class OvclipError(Exception):
     """A user-facing error: what is wrong, with which file, what to do.
 
-    `params`: the API parameter names the message mentions (whole words, `name=value` or plain `name`); a front
-    end that spells them differently (the CLI's `--flags`) rewrites exactly those words.
+    `params`: the API parameter names the message mentions (as `name=value` or backquoted `` `name` ``); a front
+    end that spells them differently (the CLI's `--flags`) rewrites exactly those spellings.
     """
 
     def __init__(self, message: str, *, params: str | Sequence[str] = ()) -> None:

@@ -1,4 +1,4 @@
-"""`ovclip verify DIR`: is this deployment folder exactly what its manifest says, and loadable?
+"""Is this deployment folder exactly what its manifest says, and loadable?
 
 An edge pipeline runs it before swapping a new folder in (and a CI job after writing one). Checks, in order:
 
@@ -13,21 +13,17 @@ An edge pipeline runs it before swapping a new folder in (and a CI job after wri
 6. tokenizer and preprocessing config load.
 
 `verify_deployment` collects every problem it finds into a `VerifyReport` (it does not raise for a bad
-folder); `check_deployment` raises `OvclipError` naming the first problem. The command prints a short
-report and exits 0, or one ``error:`` line and a non-zero exit.
+folder); `check_deployment` raises `OvclipError` naming the first problem. `ovclip verify DIR` (ovclip.cli.verify)
+prints a short report and exits 0, or one ``error:`` line and a non-zero exit.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import click
-
-from ovclip.cli_common import friendly
-from ovclip.errors import OvclipError
+from ovclip.errors import OvclipError, first_line
 
 IR_SUFFIXES = (".xml", ".bin")
 REQUIRED = {
@@ -232,29 +228,61 @@ def _expected_shapes(data: dict) -> dict[str, tuple[list | None, list | None]]:
 
 def verify_deployment(folder: str | Path, *, read_ir: bool = True) -> VerifyReport:
     """Check a deployment folder against its manifest; every problem found is in `report.problems`."""
-    from ovclip.folder.manifest import MANIFEST, read_manifest, sha256
-
     folder = Path(folder)
     report = VerifyReport(folder)
+    data = _check_manifest(folder, report)
+    if data is None:
+        return report
+    policy_problems, head_files, policy_desc = _policies(folder, data, set(data["files"]))
+    bad = _check_files(folder, data, head_files, report)
+    if read_ir:
+        _check_ir(folder, data, bad, report)
+    problems, desc = _stages(folder, data["vision"])
+    report.add("stages", problems, f"blocks {desc}" + (f", exits after {data['vision'].get('exits')}" if desc else ""))
+    report.add("exit policy", policy_problems, policy_desc)
+    report.add(
+        "tokenizer/preprocess", _tokenizer_problems(folder, data, bad) + _preprocess_problems(folder, data, bad), "load"
+    )
+    return report
+
+
+def _check_manifest(folder: Path, report: VerifyReport) -> dict | None:
+    """The manifest's data when it reads and has the structure the runtime needs; else None (problems added)."""
+    from ovclip.folder.manifest import read_manifest
+
     try:
         manifest = read_manifest(folder, verify=False)
     except OvclipError as e:
         report.add("manifest", [str(e)], "")
-        return report
+        return None
     data = manifest.data
     report.manifest = data
     problems = _structure(folder, data)
     source = (data.get("source") or {}).get("description") if isinstance(data.get("source"), dict) else None
     detail = f"format {data['format_version']}, variant {data.get('variant')}" + (f", {source}" if source else "")
     report.add("manifest", problems, detail)
-    if problems:
-        return report
+    return None if problems else data
 
-    # files: listed ones present and intact, referenced ones listed, no stray IR
-    listed = set(data["files"])
-    bad: set[str] = set()
-    problems = []
-    for name, digest in data["files"].items():
+
+def _check_files(folder: Path, data: dict, head_files: list[str], report: VerifyReport) -> set[str]:
+    """Listed files present and intact, files the runtime opens listed, no stray IR. Returns the bad files."""
+    problems, bad = _integrity(folder, data["files"])
+    problems += _unlisted_needed(folder, data, head_files) + _stray_ir(folder, set(data["files"]))
+    extra = _other_unlisted(folder, set(data["files"]))
+    s = "s" if len(extra) > 1 else ""
+    detail = f"{len(data['files'])} present, sha256 match, no unexpected IR files"
+    report.add(
+        "files", problems, detail + (f" ({len(extra)} other unlisted file{s}: {', '.join(extra[:3])})" if extra else "")
+    )
+    return bad
+
+
+def _integrity(folder: Path, files: dict[str, str]) -> tuple[list[str], set[str]]:
+    """Problems and names of listed files that are missing or do not match their sha256."""
+    from ovclip.folder.manifest import sha256
+
+    problems, bad = [], set()
+    for name, digest in files.items():
         p = folder / name
         if not p.is_file():
             problems.append(f"{folder}: file {name} listed in the manifest is missing; re-export the folder")
@@ -264,26 +292,39 @@ def verify_deployment(folder: str | Path, *, read_ir: bool = True) -> VerifyRepo
                 f"{folder}: {name} does not match its sha256 in the manifest (altered or corrupt); re-export the folder"
             )
             bad.add(name)
-    stage_files = [st["file"] for st in data["vision"]["stages"]]
-    policy_problems, head_files, policy_desc = _policies(folder, data, listed)
-    needed = [*stage_files, data["text"]["file"], *head_files]
-    needed += [str(PurePosixPath(f).with_suffix(".bin")) for f in needed] + [
-        "tokenizer.json",
-        "preprocessor_config.json",
+    return problems, bad
+
+
+def _unlisted_needed(folder: Path, data: dict, head_files: list[str]) -> list[str]:
+    """Files the runtime opens (stage, text and head IRs with their weights, tokenizer, preprocessing) that the
+    manifest does not checksum."""
+    needed = [*(st["file"] for st in data["vision"]["stages"]), data["text"]["file"], *head_files]
+    needed += [str(PurePosixPath(f).with_suffix(".bin")) for f in needed]
+    needed += ["tokenizer.json", "preprocessor_config.json"]
+    return [
+        f"{folder}: {name} is used by the runtime but not listed (checksummed) in the manifest"
+        for name in dict.fromkeys(needed)
+        if name not in data["files"]
     ]
-    for name in dict.fromkeys(needed):
-        if name not in listed:
-            problems.append(f"{folder}: {name} is used by the runtime but not listed (checksummed) in the manifest")
+
+
+def _stray_ir(folder: Path, listed: set[str]) -> list[str]:
     stray = sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
         if p.suffix.lower() in IR_SUFFIXES and p.is_file() and p.relative_to(folder).as_posix() not in listed
     )
-    for name in stray:
-        problems.append(
-            f"{folder}: unexpected IR file {name} is not in the manifest; remove it or re-export the folder"
-        )
-    extra = sorted(
+    return [
+        f"{folder}: unexpected IR file {name} is not in the manifest; remove it or re-export the folder"
+        for name in stray
+    ]
+
+
+def _other_unlisted(folder: Path, listed: set[str]) -> list[str]:
+    """Unlisted files that are neither IR nor the manifest (reported, not a problem)."""
+    from ovclip.folder.manifest import MANIFEST
+
+    return sorted(
         p.relative_to(folder).as_posix()
         for p in folder.rglob("*")
         if p.is_file()
@@ -291,70 +332,62 @@ def verify_deployment(folder: str | Path, *, read_ir: bool = True) -> VerifyRepo
         and p.suffix.lower() not in IR_SUFFIXES
         and p.relative_to(folder).as_posix() not in listed
     )
-    report.add(
-        "files",
-        problems,
-        f"{len(listed)} present, sha256 match, no unexpected IR files"
-        + (
-            f" ({len(extra)} other unlisted file{'s' if len(extra) > 1 else ''}: {', '.join(extra[:3])})"
-            if extra
-            else ""
-        ),
-    )
 
-    # IR readable, with the shapes the manifest promises
+
+def _check_ir(folder: Path, data: dict, bad: set[str], report: VerifyReport) -> None:
+    """Every intact listed .xml is read by OpenVINO, with the static shapes the manifest promises."""
+    import openvino as ov
+
+    from ovclip.runtime.device import core
+
     xmls = [n for n in data["files"] if n.lower().endswith(".xml") and n not in bad]
-    if read_ir:
-        import openvino as ov
-
-        from ovclip.runtime.device import core
-
-        problems = []
-        want = _expected_shapes(data)
-        read = 0
-        for name in xmls:
-            bin_name = str(PurePosixPath(name).with_suffix(".bin"))
-            if bin_name in bad:
-                continue
-            try:
-                model = core().read_model(str(folder / name))
-            except Exception as e:  # noqa: BLE001 - RuntimeError from the IR reader, whatever its wording
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                problems.append(f"{folder}: OpenVINO cannot read {name} ({first}); re-export the folder")
-                continue
-            read += 1
-            if name in want:
-                problems += [f"{folder}: {p}" for p in _shape_problems(name, model, *want[name])]
-        report.add("IR", problems, f"{read} of {len(xmls)} read by OpenVINO {ov.get_version().split('-')[0]}")
-
-    problems, desc = _stages(folder, data["vision"])
-    report.add("stages", problems, f"blocks {desc}" + (f", exits after {data['vision'].get('exits')}" if desc else ""))
-    report.add("exit policy", policy_problems, policy_desc)
-
-    # tokenizer and preprocessing load (their bytes are already checked above)
     problems = []
-    if "tokenizer.json" not in bad and (folder / "tokenizer.json").is_file():
+    want = _expected_shapes(data)
+    read = 0
+    for name in xmls:
+        if str(PurePosixPath(name).with_suffix(".bin")) in bad:
+            continue
         try:
-            from ovclip.tokenizer import ClipTokenizer
+            model = core().read_model(str(folder / name))
+        except Exception as e:  # noqa: BLE001 - RuntimeError from the IR reader, whatever its wording
+            problems.append(f"{folder}: OpenVINO cannot read {name} ({first_line(e)}); re-export the folder")
+            continue
+        read += 1
+        if name in want:
+            problems += [f"{folder}: {p}" for p in _shape_problems(name, model, *want[name])]
+    report.add("IR", problems, f"{read} of {len(xmls)} read by OpenVINO {ov.get_version().split('-')[0]}")
 
-            tok = ClipTokenizer.from_file(folder / "tokenizer.json", data["text"].get("context_length", 77))
-            tok("a photo")
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{folder}: tokenizer.json does not load ({type(e).__name__}: {str(e)[:120]})")
-    if "preprocessor_config.json" not in bad and (folder / "preprocessor_config.json").is_file():
-        try:
-            from ovclip.preprocess import PreprocessConfig
 
-            cfg = PreprocessConfig.load(folder / "preprocessor_config.json")
-            if cfg.size != data["vision"]["image_size"]:
-                problems.append(
-                    f"{folder}: preprocessor_config.json crops to {cfg.size}px but the vision tower takes "
-                    f"{data['vision']['image_size']}px"
-                )
-        except Exception as e:  # noqa: BLE001
-            problems.append(f"{folder}: preprocessor_config.json does not load ({type(e).__name__}: {str(e)[:120]})")
-    report.add("tokenizer/preprocess", problems, "load")
-    return report
+def _tokenizer_problems(folder: Path, data: dict, bad: set[str]) -> list[str]:
+    """The tokenizer loads and tokenizes (its bytes are already checked)."""
+    if "tokenizer.json" in bad or not (folder / "tokenizer.json").is_file():
+        return []
+    try:
+        from ovclip.tokenizer import ClipTokenizer
+
+        tok = ClipTokenizer.from_file(folder / "tokenizer.json", data["text"].get("context_length", 77))
+        tok("a photo")
+    except Exception as e:  # noqa: BLE001
+        return [f"{folder}: tokenizer.json does not load ({type(e).__name__}: {str(e)[:120]})"]
+    return []
+
+
+def _preprocess_problems(folder: Path, data: dict, bad: set[str]) -> list[str]:
+    """The preprocessing config loads and crops to the vision tower's input size."""
+    if "preprocessor_config.json" in bad or not (folder / "preprocessor_config.json").is_file():
+        return []
+    try:
+        from ovclip.preprocess import PreprocessConfig
+
+        cfg = PreprocessConfig.load(folder / "preprocessor_config.json")
+    except Exception as e:  # noqa: BLE001
+        return [f"{folder}: preprocessor_config.json does not load ({type(e).__name__}: {str(e)[:120]})"]
+    if cfg.size != data["vision"]["image_size"]:
+        return [
+            f"{folder}: preprocessor_config.json crops to {cfg.size}px but the vision tower takes "
+            f"{data['vision']['image_size']}px"
+        ]
+    return []
 
 
 def check_deployment(folder: str | Path, *, read_ir: bool = True) -> VerifyReport:
@@ -363,22 +396,3 @@ def check_deployment(folder: str | Path, *, read_ir: bool = True) -> VerifyRepor
     if not report.ok:
         raise OvclipError(report.first_error())
     return report
-
-
-@click.command()
-@click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--no-ir", is_flag=True, help="Skip reading the IR files with OpenVINO (checksums and structure only).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout (also when it fails).")
-@friendly
-def verify(folder: Path, no_ir: bool, as_json: bool) -> None:
-    """Check a deployment folder against its manifest: checksums, IR files, stages, exit policy."""
-    report = verify_deployment(folder, read_ir=not no_ir)
-    if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
-    if not report.ok:
-        raise OvclipError(report.first_error())
-    if not as_json:
-        click.echo(f"verified {folder}")
-        for c in report.checks:
-            click.echo(f"  {c.name:<21} {c.detail}")
-        click.echo("ok")

@@ -20,11 +20,11 @@ import openvino.opset13 as ops
 import pytest
 from click.testing import CliRunner
 from conftest import build_tiny_model
-from ovclip.analyze.command import analyze
 
 from ovclip.analyze import BlockTaps, find_block_outputs
-from ovclip.analyze.measure import rescue_table, select_images
+from ovclip.analyze.measure import measure_rescue, select_images
 from ovclip.analyze.run import analyze_folders
+from ovclip.cli.analyze import analyze
 from ovclip.errors import OvclipError
 from ovclip.policy.inr import inr, nsr
 from ovclip.preprocess import PreprocessConfig, preprocess
@@ -240,7 +240,7 @@ def test_rescue_table_counts_quadrants_from_both_runs():
 
     labels = np.array([1, 1, 0, 1, 0])
     px = np.zeros((5, 3, 2, 2), np.float32)
-    r = rescue_table(FakeDeployment(), [(px[:3], labels[:3]), (px[3:], labels[3:])], np.eye(2))
+    r = measure_rescue(FakeDeployment(), [(px[:3], labels[:3]), (px[3:], labels[3:])], np.eye(2))
     q = r["quadrants"]
     assert (q["both_correct"], q["rescue"], q["loss"], q["both_wrong"]) == (0, 3, 2, 0)
     assert q["net"] == 1 and q["net_points"] == pytest.approx(20.0)
@@ -253,7 +253,7 @@ def test_analyze_runs_without_torch(folders, tmp_path):
     code = (
         "import sys\n"
         "for m in ('torch', 'transformers', 'nncf'): sys.modules[m] = None\n"
-        "from ovclip.analyze.command import analyze\n"
+        "from ovclip.cli.analyze import analyze\n"
         "from ovclip.devices import describe_devices\n"
         "describe_devices()\n"
         f"analyze.main(['--fp32', {str(folders.fp32)!r}, '--int8', {str(folders.int8)!r}, '--images', '4',"

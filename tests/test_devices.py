@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 import ovclip.devices as devmod
-from ovclip.devices import describe_devices, devices
+from ovclip.cli.devices import devices
+from ovclip.devices import describe_devices
 from ovclip.errors import OvclipError
 from ovclip.runtime.device import available_devices
 

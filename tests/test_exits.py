@@ -371,9 +371,7 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     assert info["splits"]["heads"] + info["splits"]["gate"] + info["splits"]["thresholds"] == 600
     assert info["rules"]["gate"]["calibration_flops_saving"] >= 0.1 - 1e-9
     data = builtin_eval().subset(np.arange(48))
-    recs = bench_folder(
-        out, BenchSettings(seconds=0.3, batch=8, pool=16), data, ["a photo of a {}."], log=lambda s: None
-    )
+    recs = bench_folder(out, BenchSettings(seconds=0.3, batch=8, pool=16), data, ["a photo of a {}."])
     assert [r["variant"] for r in recs] == ["int8", "int8-ee"]
     ee_rec = recs[1]
     assert sum(ee_rec["exit_histogram"].values()) == 48

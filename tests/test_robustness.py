@@ -1,6 +1,6 @@
 """Bad inputs where they enter the CLI and the Python API: one clear line, a non-zero exit, nothing half-written.
 
-The promise (ovclip.cli_common.friendly): any bad input ends in exactly one line on stderr that starts with
+The promise (ovclip.cli.common.friendly): any bad input ends in exactly one line on stderr that starts with
 'error:' and names the option or file at fault, exit status 2 (a handled error, not 1 = unexpected exception),
 no traceback, and no partial output folder (or JSON file) left behind. Image-decoding robustness itself is
 tested in test_images.py / test_data.py and untrusted pickles in test_checkpoint.py; here the same failures

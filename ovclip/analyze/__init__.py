@@ -4,7 +4,7 @@
     z = BlockTaps("out/fp32")(pixels)              # activations after every vision block (IR surgery)
     result = analyze_folders("out/fp32", "out/int8", data="builtin", images=500)
 
-Runtime only: openvino, numpy (and rich/matplotlib for the report); no torch.
+Runtime only: openvino, numpy; no torch. The `ovclip analyze` tables and plot are in `ovclip.cli`.
 """
 
 from ovclip.analyze.run import analyze_folders

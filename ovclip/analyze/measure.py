@@ -34,50 +34,62 @@ TOKENS = {
 GEOMETRY_KEYS = ("num_layers", "hidden_size", "intermediate_size", "image_size", "patch_size", "tokens")
 
 
-def check_same_checkpoint(ref: Manifest, other: Manifest, ref_flag: str = "--fp32", flag: str = "--int8") -> None:
+def check_same_checkpoint(ref: Manifest, other: Manifest, ref_name: str = "fp32", name: str = "int8") -> None:
     """Raise one clear line unless `other` was written from the checkpoint `ref` was (manifest source,
-    vision geometry, embedding size, preprocessing and the checkpoint's logit scale must all agree)."""
+    vision geometry, embedding size, preprocessing and the checkpoint's logit scale must all agree).
+    `ref_name`, `name`: the API parameters the two folders were passed as, for the message."""
     a, b = ref["source"], other["source"]
-    where = f"{flag} {other.folder} and {ref_flag} {ref.folder}"
+    where = f"{name}={other.folder} and {ref_name}={ref.folder}"
+    params = (name, ref_name)
     for key in ("kind", "spec"):
         if a.get(key) != b.get(key):
             raise OvclipError(
                 f"{where} come from different checkpoints (source {key} {b.get(key)!r} vs {a.get(key)!r}); "
-                "export and quantize the same --model"
+                "export and quantize the same checkpoint",
+                params=params,
             )
     for key in GEOMETRY_KEYS:
         if ref.vision.get(key) != other.vision.get(key):
             raise OvclipError(
                 f"{where} have different vision towers ({key} {other.vision.get(key)} vs {ref.vision.get(key)}); "
-                "they cannot come from the same checkpoint"
+                "they cannot come from the same checkpoint",
+                params=params,
             )
     if ref.get("embedding_dim") != other.get("embedding_dim"):
-        raise OvclipError(f"{where} have different embedding sizes; they cannot come from the same checkpoint")
+        raise OvclipError(
+            f"{where} have different embedding sizes; they cannot come from the same checkpoint", params=params
+        )
     la, lb = float(ref["logit_scale"]), float(other["logit_scale"])
     if abs(la - lb) > 1e-6 * max(1.0, abs(la)):
         raise OvclipError(
             f"{where} name the same source but differ in the checkpoint's logit scale ({lb:.6g} vs {la:.6g}): "
-            "the checkpoint changed between export and quantize; re-run both"
+            "the checkpoint changed between export and quantize; re-run both",
+            params=params,
         )
     if ref.get("preprocess") != other.get("preprocess"):
-        raise OvclipError(f"{where} preprocess images differently; re-export them from the same checkpoint")
+        raise OvclipError(
+            f"{where} preprocess images differently; re-export them from the same checkpoint", params=params
+        )
 
 
 def check_variants(fp32: Manifest, int8: Manifest) -> None:
     if fp32.variant not in ("fp32", "fp16"):
         raise OvclipError(
-            f"--fp32 {fp32.folder} is a {fp32.variant} folder; pass the FP32 folder `ovclip export` wrote"
+            f"fp32={fp32.folder} is a {fp32.variant} folder; pass the FP32 folder `ovclip export` wrote",
+            params="fp32",
         )
     if int8.variant != "int8":
         raise OvclipError(
-            f"--int8 {int8.folder} is a {int8.variant} folder; pass the INT8 folder `ovclip quantize` wrote"
+            f"int8={int8.folder} is a {int8.variant} folder; pass the INT8 folder `ovclip quantize` wrote",
+            params="int8",
         )
 
 
 def select_images(n_available: int, n: int, seed: int = 0) -> np.ndarray:
-    """`n` row numbers (sorted) drawn without replacement with a fixed seed; all rows if n >= available."""
+    """`n` row numbers (sorted) drawn without replacement with a fixed seed; all rows if n >= available.
+    (`n` is `analyze_folders`' `images`, which the error names.)"""
     if n < 2:
-        raise OvclipError(f"--images {n}: need at least 2 images (INR is a variance over images)")
+        raise OvclipError(f"images={n}: need at least 2 images (INR is a variance over images)", params="images")
     if n_available < 2:
         raise OvclipError(f"the data set has {n_available} image(s); need at least 2")
     if n >= n_available:
@@ -219,11 +231,13 @@ def eq6_pruning(rows: list[dict], candidates: list[int], kappa: float = 0.5) -> 
     }
 
 
-def rescue_table(dep, pixels_batches: Iterable[tuple[np.ndarray, np.ndarray]], class_embeddings: np.ndarray) -> dict:
+def measure_rescue(dep, pixels_batches: Iterable[tuple[np.ndarray, np.ndarray]], class_embeddings: np.ndarray) -> dict:
     """Paper §7 Table 4 on the data: early exit (per the folder's policy) vs the same folder at full depth."""
     if dep.policy is None:
         raise OvclipError(
-            f"--ee {dep.folder}: its manifest has no exit_policy; quantize with exits (drop --no-exits) first"
+            f"ee={dep.folder}: its manifest has no exit_policy; pass a folder quantized with exit heads "
+            "(`ovclip quantize` writes them by default)",
+            params="ee",
         )
     ee_ok, full_ok, layers, ee_scores, full_scores, labels = [], [], [], [], [], []
     for px, y in pixels_batches:

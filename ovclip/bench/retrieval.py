@@ -7,13 +7,16 @@ from pathlib import Path
 import numpy as np
 
 from ovclip.bench.metrics import recall_at_k
+from ovclip.progress import Progress
 from ovclip.runtime import Deployment
 
 
-def retrieval_records(folders, settings, captions_path: Path, strict: bool) -> list[dict]:
+def retrieval_records(
+    folders, settings, captions_path: Path, strict: bool, progress: Progress | None = None
+) -> list[dict]:
     from ovclip.data.datasets import load_captions
 
-    caps = load_captions(captions_path, strict=strict)
+    caps = load_captions(captions_path, strict=strict, progress=progress)
     out = []
     for folder in folders:
         dep = Deployment(folder, settings.device, hint=settings.hint)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from ovclip.bench.throughput import measure
 from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest
 from ovclip.policy.flops import full_depth_flops, mean_flops
+from ovclip.progress import Progress, advance, note
 from ovclip.runtime import Deployment
 from ovclip.runtime.device import supports_bf16
 
@@ -34,13 +34,13 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.batch < 1:
-            raise OvclipError(f"--batch {self.batch}: must be at least 1")
+            raise OvclipError(f"batch={self.batch}: must be at least 1", params="batch")
         if self.seconds <= 0:
-            raise OvclipError(f"--time {self.seconds}: must be a positive number of seconds")
+            raise OvclipError(f"seconds={self.seconds}: must be a positive number of seconds", params="seconds")
         if self.nireq is not None and self.nireq < 1:
-            raise OvclipError(f"--nireq {self.nireq}: must be at least 1")
+            raise OvclipError(f"nireq={self.nireq}: must be at least 1", params="nireq")
         if self.precision not in ("auto", "f32", "bf16"):
-            raise OvclipError(f"--precision {self.precision!r}: choose auto, f32 or bf16")
+            raise OvclipError(f"precision={self.precision!r}: choose auto, f32 or bf16", params="precision")
 
 
 def variants(manifest, settings: BenchSettings) -> list[tuple[str, str | None, bool]]:
@@ -75,77 +75,101 @@ def bench_folder(
     settings: BenchSettings,
     dataset=None,
     templates: list[str] | None = None,
-    log: Callable[[str], None] = print,
-    tick: Callable[[str, float], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[dict]:
+    """One record per variant of `folder` (see `variants`): speed, and accuracy/exits/FLOPs on `dataset`."""
     manifest = read_manifest(folder)
+    records = [
+        _bench_variant(folder, manifest, settings, dataset, templates, variant, progress)
+        for variant in variants(manifest, settings)
+    ]
+    return _with_rescue(records)
+
+
+def _bench_variant(folder, manifest, settings: BenchSettings, dataset, templates, variant, progress) -> dict:
+    name, precision, ee = variant
+    dep = Deployment(
+        folder, settings.device, hint=settings.hint, inference_precision=precision, runtime=settings.runtime
+    )
+    rec = _base_record(folder, manifest, settings, dep, name)
+    class_emb = None
+    if dataset is not None and manifest.trained:
+        class_emb = dep.class_embeddings(dataset.prompt_names, templates)
+        if settings.accuracy:
+            rec.update(_accuracy_fields(dep, dataset, class_emb, ee, settings, name, progress))
+    if ee and class_emb is None and dep.policy.needs_labels:
+        raise OvclipError(
+            f"{folder}: timing early exit needs labelled images (`dataset`): the exit rule uses class scores",
+            params="dataset",
+        )
+    pool = timing_pool(dep, dataset, settings, manifest.trained)
+    timing = _time_variant(dep, pool, rec["nireq"], settings, ee, class_emb, name, progress)
+    rec.update(timing.as_dict())
+    note(progress, f"{Path(folder).name} {name}: {timing.throughput_fps:.1f} img/s")
+    return rec
+
+
+def _base_record(folder, manifest, settings: BenchSettings, dep: Deployment, name: str) -> dict:
+    """A record with what is known before measuring: the folder, the variant, how it runs, full-depth FLOPs."""
     trained = manifest.trained
-    records = []
-    for name, precision, ee in variants(manifest, settings):
-        dep = Deployment(
-            folder, settings.device, hint=settings.hint, inference_precision=precision, runtime=settings.runtime
-        )
-        nireq = settings.nireq or optimal_nireq(dep)
-        vision = manifest.vision
-        emb_dim = int(manifest["embedding_dim"])
-        rec: dict = {
-            "model": str(Path(folder)),
-            "source": manifest["source"].get("description"),
-            "variant": name,
-            "device": settings.device,
-            "hint": settings.hint,
-            "batch": settings.batch,
-            "nireq": nireq,
-            "inference_precision": dep.executed_precision(),
-            "runtime": dep.runtime,
-            "openvino_version": ov.get_version(),
-            "trained": trained,
-            "n_images": 0,
-            "top1": None,
-            "top5": None,
-            "accuracy_note": None if trained else RANDOM_REASON,
-            "exit_histogram": None,
-            "flops_per_image": full_depth_flops(vision, emb_dim),
-            "flops_saving": 0.0,
-        }
-        class_emb = None
-        if dataset is not None and trained:
-            class_emb = dep.class_embeddings(dataset.prompt_names, templates)
-        if dataset is not None and trained and settings.accuracy:
-            acc = accuracy_pass(
-                dep,
-                dataset,
-                class_emb,
-                ee,
-                settings.batch * 8,
-                tick=tick and (lambda f, name=name: tick(f"{name} accuracy", f)),
-            )
-            rec.update(n_images=acc.n, top1=acc.top1, top5=acc.top5)
-            rec["_correct"] = acc.correct
-            if ee:
-                rec["exit_histogram"] = exit_histogram(acc.exit_layer, dep.policy.exits, vision["num_layers"])
-                rec["flops_per_image"] = acc.mean_flops
-                rec["flops_saving"] = 1 - acc.mean_flops / full_depth_flops(vision, emb_dim)
-                rec["pareto"] = pareto_on_data(dep, dataset, class_emb, settings.batch * 8)
-        pool = timing_pool(dep, dataset, settings, trained)
-        if ee and class_emb is None and dep.policy.needs_labels:
-            raise OvclipError(
-                f"{folder}: timing early exit needs a labelled --data set (the exit rule uses class scores)"
-            )
+    return {
+        "model": str(Path(folder)),
+        "source": manifest["source"].get("description"),
+        "variant": name,
+        "device": settings.device,
+        "hint": settings.hint,
+        "batch": settings.batch,
+        "nireq": settings.nireq or optimal_nireq(dep),
+        "inference_precision": dep.executed_precision(),
+        "runtime": dep.runtime,
+        "openvino_version": ov.get_version(),
+        "trained": trained,
+        "n_images": 0,
+        "top1": None,
+        "top5": None,
+        "accuracy_note": None if trained else RANDOM_REASON,
+        "exit_histogram": None,
+        "flops_per_image": full_depth_flops(manifest.vision, int(manifest["embedding_dim"])),
+        "flops_saving": 0.0,
+    }
 
-        def run(batch: np.ndarray, dep=dep, ee=ee, class_emb=class_emb) -> None:
-            dep.run_vision(batch, class_emb, early_exit=ee)
 
-        timing = measure(
-            run,
-            pool,
-            nireq=nireq,
-            seconds=settings.seconds,
-            on_tick=tick and (lambda f, name=name: tick(f"{name} timing", f)),
-        )
-        rec.update(timing.as_dict())
-        log(f"{Path(folder).name} {name}: {timing.throughput_fps:.1f} img/s")
-        records.append(rec)
+def _accuracy_fields(dep: Deployment, dataset, class_emb, ee: bool, settings: BenchSettings, name: str, progress):
+    """Top-1/top-5 over `dataset`; with early exit also the exit histogram, mean FLOPs and the Pareto points."""
+    acc = accuracy_pass(
+        dep,
+        dataset,
+        class_emb,
+        ee,
+        settings.batch * 8,
+        tick=progress and (lambda f: advance(progress, f"{name} accuracy", f)),
+    )
+    fields: dict = {"n_images": acc.n, "top1": acc.top1, "top5": acc.top5, "_correct": acc.correct}
+    if ee:
+        vision, full = dep.vision, full_depth_flops(dep.vision, int(dep.manifest["embedding_dim"]))
+        fields["exit_histogram"] = exit_histogram(acc.exit_layer, dep.policy.exits, vision["num_layers"])
+        fields["flops_per_image"] = acc.mean_flops
+        fields["flops_saving"] = 1 - acc.mean_flops / full
+        fields["pareto"] = pareto_on_data(dep, dataset, class_emb, settings.batch * 8)
+    return fields
+
+
+def _time_variant(dep, pool, nireq: int, settings: BenchSettings, ee: bool, class_emb, name: str, progress):
+    def run(batch: np.ndarray) -> None:
+        dep.run_vision(batch, class_emb, early_exit=ee)
+
+    return measure(
+        run,
+        pool,
+        nireq=nireq,
+        seconds=settings.seconds,
+        on_tick=progress and (lambda f: advance(progress, f"{name} timing", f)),
+    )
+
+
+def _with_rescue(records: list[dict]) -> list[dict]:
+    """Rescue quadrants of each early-exit record against the folder's full-depth record; drop the per-image
+    correctness they were computed from."""
     full = next((r for r in records if "_correct" in r and not r["variant"].endswith("-ee")), None)
     for r in records:
         if full is not None and "_correct" in r and r["variant"].endswith("-ee"):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ovclip.errors import OvclipError
+
 
 @dataclass
 class Timing:
@@ -91,7 +93,9 @@ def measure(
     if errors:
         raise errors[0]
     if not records:
-        raise RuntimeError("no batch finished within the time given; raise --time")
+        raise OvclipError(
+            f"no batch finished within seconds={seconds} (a batch takes longer); raise `seconds`", params="seconds"
+        )
     t_first = min(r[0] for r in records)
     t_last = max(r[1] for r in records)
     lat = np.array([(r[1] - r[0]) * 1000 for r in records])

@@ -23,6 +23,7 @@ from ovclip.data.fashion_mnist import CLASS_NAMES, DEBIAN_PATH, load_split
 from ovclip.data.images import is_image_name, load_image
 from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig, preprocess, preprocess_gray_batch
+from ovclip.progress import Progress, advance
 
 __all__ = [
     "Captions",
@@ -121,42 +122,33 @@ class LabeledImages:
 
 
 # --------------------------------------------------------------------------------------------------
-# validation pass with a progress bar
+# validation pass, reported to a progress callback
 
 
 def _validate_files(
-    items: Sequence[Path], *, strict: bool, what: str, notes: Sequence[str] | None = None
+    items: Sequence[Path],
+    *,
+    strict: bool,
+    what: str,
+    notes: Sequence[str] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[list[bool], list[tuple[str, str]]]:
     """Decode every file once. Returns (ok flags, skipped (file, reason)); with strict, raise on the first."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
     ok: list[bool] = []
     skipped: list[tuple[str, str]] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    ) as progress:
-        task = progress.add_task(f"checking {what}", total=len(items))
-        for i, p in enumerate(items):
-            try:
-                load_image(p)
-                ok.append(True)
-            except OvclipError as e:
-                note = f" ({notes[i]})" if notes else ""
-                if strict:
-                    raise OvclipError(f"{e}{note} [strict mode: fix or remove it, or run without strict]") from None
-                reason = str(e)
-                prefix = f"{p}: "
-                skipped.append((str(p), (reason[len(prefix) :] if reason.startswith(prefix) else reason) + note))
-                ok.append(False)
-            progress.advance(task)
+    for i, p in enumerate(items):
+        try:
+            load_image(p)
+            ok.append(True)
+        except OvclipError as e:
+            note = f" ({notes[i]})" if notes else ""
+            if strict:
+                raise OvclipError(f"{e}{note} [strict mode: fix or remove it, or run without strict]") from None
+            reason = str(e)
+            prefix = f"{p}: "
+            skipped.append((str(p), (reason[len(prefix) :] if reason.startswith(prefix) else reason) + note))
+            ok.append(False)
+        advance(progress, f"checking {what}", (i + 1) / len(items))
     return ok, skipped
 
 
@@ -290,7 +282,13 @@ def _map_classes(root: Path, folders: dict[str, Path], labels_file: Path) -> tup
     )
 
 
-def image_folder(path: str | Path, *, labels_file: str | Path | None = None, strict: bool = False) -> LabeledImages:
+def image_folder(
+    path: str | Path,
+    *,
+    labels_file: str | Path | None = None,
+    strict: bool = False,
+    progress: Progress | None = None,
+) -> LabeledImages:
     """Images in one subfolder per class.
 
     Class names are the subfolder names, sorted, unless `labels_file` is given: it then fixes the
@@ -327,7 +325,7 @@ def image_folder(path: str | Path, *, labels_file: str | Path | None = None, str
         files += imgs
         labels += [c] * len(imgs)
 
-    ok, bad = _validate_files(files, strict=strict, what=f"{len(files):,} images in {root}")
+    ok, bad = _validate_files(files, strict=strict, what=f"{len(files):,} images in {root}", progress=progress)
     skipped += bad
     files_all = files
     bad_reason = dict(zip((i for i, good in enumerate(ok) if not good), (r for _, r in bad), strict=True))
@@ -399,7 +397,7 @@ _SPEC_HELP = (
 )
 
 
-def open_dataset(spec: str | None, *, strict: bool = False) -> LabeledImages:
+def open_dataset(spec: str | None, *, strict: bool = False, progress: Progress | None = None) -> LabeledImages:
     """Resolve a dataset argument. See `_SPEC_HELP`; an image folder's `labels.json`/`labels.txt` is used."""
     if spec is None or spec in ("builtin", "builtin:eval"):
         return builtin_eval()
@@ -426,7 +424,7 @@ def open_dataset(spec: str | None, *, strict: bool = False) -> LabeledImages:
             if _has_idx(path, s):
                 return fashion_mnist(s, root=path)
         labels_file = next((path / n for n in LABELS_FILE_NAMES if (path / n).is_file()), None)
-        return image_folder(path, labels_file=labels_file, strict=strict)
+        return image_folder(path, labels_file=labels_file, strict=strict, progress=progress)
     if path.exists():
         raise OvclipError(f"{spec} is a file, not a data set; {_SPEC_HELP}")
     raise OvclipError(f"data set {spec!r} not found; {_SPEC_HELP}")
@@ -459,7 +457,7 @@ def _lines(path: Path) -> Iterable[tuple[int, str]]:
             yield n, line
 
 
-def load_captions(path: str | Path, *, strict: bool = False) -> Captions:
+def load_captions(path: str | Path, *, strict: bool = False, progress: Progress | None = None) -> Captions:
     """Read a JSONL captions file: one {"image": path, "caption": text} object per line.
 
     Relative image paths are relative to the JSONL file's folder. Several captions may share an
@@ -499,7 +497,9 @@ def load_captions(path: str | Path, *, strict: bool = False) -> Captions:
         unique.setdefault(p, []).append(n)
     images = list(unique)
     notes = [f"line{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))} of {path.name}" for ns in unique.values()]
-    ok, skipped = _validate_files(images, strict=strict, what=f"{len(images):,} caption images", notes=notes)
+    ok, skipped = _validate_files(
+        images, strict=strict, what=f"{len(images):,} caption images", notes=notes, progress=progress
+    )
     kept = [p for p, good in zip(images, ok, strict=True) if good]
     if not kept:
         raise OvclipError(f"{path}: none of the {len(images)} images could be read (first: {skipped[0][1]})")

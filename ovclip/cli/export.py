@@ -1,4 +1,4 @@
-"""The `ovclip` command: a thin layer over the library (export, quantize, bench, ...)."""
+"""`ovclip export` and `ovclip quantize`: write FP32/FP16 and INT8 (+ early exit) deployment folders."""
 
 from __future__ import annotations
 
@@ -6,19 +6,11 @@ from pathlib import Path
 
 import click
 
-from ovclip import __version__
-from ovclip.cli_common import MODEL_HELP, console, friendly, log
+from ovclip.cli.common import MODEL_HELP, friendly, log, progress_bars
 from ovclip.errors import OvclipError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, prog_name="ovclip")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
-def main(debug: bool) -> None:
-    """Deploy CLIP on Intel CPUs, GPUs and NPUs with OpenVINO: export, INT8, early exit, benchmarks."""
-
-
-@main.command()
+@click.command()
 @click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
 @click.option(
     "--out",
@@ -62,7 +54,7 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     log(f"wrote {out} ({m['variant']}, stages {[s['blocks'] for s in m.vision['stages']]})")
 
 
-@main.command()
+@click.command()
 @click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
 @click.option(
     "--out",
@@ -185,7 +177,8 @@ def quantize(
     if ee is not None and not ckpt.trained:
         log("[yellow]random weights: exit heads would be meaningless; writing plain INT8 (--no-exits)[/]")
         ee = None
-    data = open_dataset(calibration, strict=strict)
+    with progress_bars() as progress:
+        data = open_dataset(calibration, strict=strict, progress=progress)
     if data.skipped:
         log(
             f"[yellow]skipped {len(data.skipped)} unreadable calibration images (first: {data.skipped[0][0]}: "
@@ -197,101 +190,3 @@ def quantize(
     policy = m.get("exit_policy")
     extra = f", early exit at blocks {policy['exits']} ({policy['rule']})" if policy else ""
     log(f"wrote {out} (INT8 in {m['quantization']['seconds']} s{extra})")
-
-
-@main.command()
-@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--device", default="CPU", show_default=True, help="OpenVINO device: CPU, GPU, NPU, AUTO:GPU,CPU, ...")
-@click.option(
-    "--hint",
-    type=click.Choice(["throughput", "latency"]),
-    default="throughput",
-    show_default=True,
-    help="OpenVINO performance hint.",
-)
-@click.option("--batch", type=int, default=8, show_default=True, help="Images per inference.")
-@click.option("--nireq", type=int, default=None, help="Requests in flight (default: the device's optimal number).")
-@click.option(
-    "--time", "seconds", type=float, default=10.0, show_default=True, help="Seconds of timed inference per record."
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "f32", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="CPU inference precision: auto = fp32 folders in f32 plus a bf16 record where the CPU has bf16.",
-)
-@click.option(
-    "--data",
-    default="builtin",
-    show_default=True,
-    help="Evaluation images: 'builtin' (2,000 Fashion-MNIST test images), 'fashion-mnist:test', or a folder.",
-)
-@click.option(
-    "--captions",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="JSONL of {image, caption} for text->image recall@k.",
-)
-@click.option(
-    "--runtime",
-    type=click.Choice(["auto", "graph", "stages"]),
-    default="auto",
-    show_default=True,
-    help="graph: each policy as one OpenVINO graph (dynamic-shape devices); stages: stage by stage from Python.",
-)
-@click.option("--no-accuracy", is_flag=True, help="Measure speed only.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the records as JSON.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write a PNG plot.")
-@click.option("--strict", is_flag=True, help="Stop on the first unreadable image instead of skipping it.")
-@friendly
-def bench(
-    folders,
-    device,
-    hint,
-    batch,
-    nireq,
-    seconds,
-    precision,
-    data,
-    captions,
-    runtime,
-    no_accuracy,
-    json_path,
-    plot_path,
-    strict,
-):
-    """Throughput, latency and zero-shot accuracy of deployment folders (default: out/fp32 out/int8)."""
-    from ovclip.bench.report import bench_command
-
-    folders = list(folders) or [p for p in (Path("out/fp32"), Path("out/int8")) if p.exists()]
-    if not folders:
-        raise OvclipError("no deployment folders given and none in out/; run `ovclip export` / `ovclip quantize` first")
-    from ovclip.bench.runner import BenchSettings
-
-    settings = BenchSettings(
-        device=device,
-        hint=hint,
-        batch=batch,
-        nireq=nireq,
-        seconds=seconds,
-        precision=precision,
-        runtime=runtime,
-        accuracy=not no_accuracy,
-    )
-    bench_command(folders, settings, data, captions, json_path, plot_path, strict, console)
-
-
-# Subcommands that live beside their library code register here, one line each.
-from ovclip.devices import devices  # noqa: E402
-
-main.add_command(devices)
-from ovclip.analyze.command import analyze  # noqa: E402
-
-main.add_command(analyze)
-from ovclip.verify import verify  # noqa: E402
-
-main.add_command(verify)
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

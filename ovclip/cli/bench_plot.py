@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def plot_records(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     pareto = [r for r in records if r.get("pareto")]
     fig, axes = plt.subplots(1, 2 if pareto else 1, figsize=(13 if pareto else 7, 5), squeeze=False)
     ax = axes[0][0]

@@ -1,4 +1,4 @@
-"""The `ovclip analyze` command."""
+"""`ovclip analyze`: runs `ovclip.analyze.analyze_folders` with progress bars, prints its tables, writes JSON/plot."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ovclip.cli_common import console, friendly, log
+from ovclip.cli.common import console, friendly, log, progress_bars
 
 
 @click.command("analyze")
@@ -38,29 +37,12 @@ from ovclip.cli_common import console, friendly, log
 @friendly
 def analyze(fp32, int8, ee, data, images, batch, json_path, plot_path, strict):
     """Per-block quantization noise of INT8 vs FP32 (paper §3: NSR, INR, MSE, cosines, max activation)."""
-    from ovclip.analyze.report import blocks_table, plot, rescue_table
     from ovclip.analyze.run import analyze_folders
+    from ovclip.cli.analyze_report import blocks_table, plot, rescue_table
 
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
-    ) as bar:
-        tasks: dict[str, int] = {}
-
-        def tick(name: str, frac: float) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=1.0)
-            bar.update(tasks[name], completed=frac)
-
+    with progress_bars() as progress:
         result = analyze_folders(
-            fp32,
-            int8,
-            data=data,
-            images=images,
-            ee=ee,
-            batch=batch,
-            strict=strict,
-            log=lambda m: bar.console.print(m, highlight=False),
-            tick=tick,
+            fp32, int8, data=data, images=images, ee=ee, batch=batch, strict=strict, progress=progress
         )
     result["command"] = shlex.join(["ovclip", *sys.argv[1:]]) if sys.argv else "ovclip analyze"
     if result["note"]:
