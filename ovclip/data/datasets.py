@@ -20,6 +20,7 @@ import numpy as np
 from ovclip.data.builtin import builtin_calibration, builtin_classes, builtin_eval
 from ovclip.data.fashion_mnist import _FILES as _FMNIST_FILES
 from ovclip.data.fashion_mnist import CLASS_NAMES, DEBIAN_PATH, load_split
+from ovclip.data.imagenet import imagenet_layout
 from ovclip.data.images import is_image_name, load_image
 from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig, preprocess, preprocess_gray_batch
@@ -308,6 +309,8 @@ def image_folder(
         if not lf.exists() and not lf.is_absolute() and (root / lf).exists():
             lf = root / lf
         class_names, prompt_names, class_dirs = _map_classes(root, folders, lf)
+    elif (imagenet := imagenet_layout(root, folders)) is not None:  # WordNet-id folders: CLIP's ImageNet names
+        (class_names, prompt_names), class_dirs = imagenet, [folders[k] for k in imagenet[0]]
     else:
         class_names = sorted(folders)
         prompt_names, class_dirs = list(class_names), [folders[k] for k in class_names]
