@@ -123,12 +123,27 @@ def test_block_outputs_equal_transformers_hidden_states(folders):
     assert min(float(np.abs(z[i + 1] - z[i]).max()) for i in range(LAYERS)) > 1e-2
 
 
-def test_int8_block_outputs_are_close_but_not_equal(folders):
+def test_int8_block_outputs_carry_8_bit_noise_only(folders):
+    """Every INT8 block output against transformers' FP32 hidden states (the independent reference): the relative
+    error of 8-bit activations and weights, measured 1.7 % (embeddings) to 2.4 % (block 4) here, bounded at 4 %
+    and every token's cosine above 0.998 — an INT8 off by a 5 % scale anywhere fails — and above 0.2 %, far from
+    the FP32 IR's ~1e-7, so the folder really is quantized."""
+    import torch
+
     px = np.stack([preprocess(im, PreprocessConfig(size=64)) for im in _photos()])
-    z32, z8 = BlockTaps(folders.fp32)(px), BlockTaps(folders.int8)(px)
-    for a, b in zip(z32[1:], z8[1:], strict=True):
-        d = float(np.abs(a - b).max())
-        assert 0 < d < 0.5 * float(np.abs(a).max())
+    with torch.no_grad():
+        ref = folders.model.vision_model(pixel_values=torch.from_numpy(px), output_hidden_states=True).hidden_states
+    z8 = BlockTaps(folders.int8)(px)
+    stage0 = ov.Core().read_model(folders.int8 / "vision_stage0.xml")
+    assert any(op.get_type_name() == "FakeQuantize" for op in stage0.get_ops())
+    for layer, (ours, theirs) in enumerate(zip(z8, ref, strict=True)):
+        want = theirs.numpy()
+        rel = float(np.linalg.norm(ours - want) / np.linalg.norm(want))
+        assert 2e-3 < rel < 0.04, f"block {layer}: relative error {rel:.4f}"
+        worst = float(np.abs(ours - want).max() / np.abs(want).max())
+        assert worst < 0.05, f"block {layer}: largest deviation {worst:.4f} of max |a|"
+        cos = np.sum(ours * want, -1) / (np.linalg.norm(ours, axis=-1) * np.linalg.norm(want, axis=-1))
+        assert float(cos.min()) > 0.998, f"block {layer}: a token's cosine to FP32 is {float(cos.min()):.5f}"
 
 
 def test_surgery_refuses_a_graph_without_residual_blocks():
