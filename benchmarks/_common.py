@@ -240,7 +240,7 @@ def spread(xs: Sequence[float]) -> float:
     return float((max(xs) - min(xs)) / m) if m else 0.0
 
 
-def ov_runner(compiled) -> Callable[[np.ndarray], object]:
+def ov_runner(compiled, share_outputs: bool = False) -> Callable[[np.ndarray], object]:
     """run(batch) on a compiled OpenVINO model with one infer request per calling thread.
 
     Inputs are shared, not copied, as ovclip's Deployment does, so peers and ovclip get the same harness."""
@@ -250,7 +250,7 @@ def ov_runner(compiled) -> Callable[[np.ndarray], object]:
         req = getattr(tls, "req", None)
         if req is None:
             req = tls.req = compiled.create_infer_request()
-        return req.infer({0: batch}, share_inputs=True)
+        return req.infer({0: batch}, share_inputs=True, share_outputs=share_outputs)
 
     return run
 
@@ -294,6 +294,47 @@ def timed(run, batches, nireq: int, seconds: float) -> dict:
     return {"throughput": t.throughput_fps, "latency_median_ms": t.latency_ms["median"], "iterations": t.batches}
 
 
+def compiled_timer(
+    compiled, batches, seconds: float, *, share_outputs: bool = False, per_sample: float | None = None
+) -> Callable[[], dict]:
+    """A runner for `interleaved`: one timing of a compiled model at its optimal nireq. With `per_sample`
+    (FLOPs per sample) the 'throughput' is G(FL)OP/s instead of samples/s."""
+    run, nireq = ov_runner(compiled, share_outputs), optimal_nireq(compiled)
+
+    def once() -> dict:
+        r = timed(run, batches, nireq=nireq, seconds=seconds)
+        if per_sample is not None:
+            r = {"throughput": r["throughput"] * per_sample / 1e9, "latency_median_ms": r["latency_median_ms"]}
+        return r
+
+    return once
+
+
+def deployment_timer(
+    dep, batches, seconds: float, *, class_emb=None, early_exit: bool = False, nireq: int | None = None
+) -> Callable[[], dict]:
+    """A runner for `interleaved`: one timing of `dep.run_vision` (an ovclip Deployment) at `nireq`, by default
+    the device's optimal number of requests."""
+    from ovclip.bench.runner import optimal_nireq as deployment_nireq
+
+    n = nireq or deployment_nireq(dep)
+
+    def run(batch: np.ndarray):
+        return dep.run_vision(batch, class_emb, early_exit=early_exit)
+
+    return lambda: timed(run, batches, nireq=n, seconds=seconds)
+
+
+def function_timer(fn: Callable[[np.ndarray], object], batches, seconds: float) -> Callable[[], dict]:
+    """A runner for `interleaved`: one timing of `fn(batch)` from one thread (torch uses all cores itself)."""
+    return lambda: timed(fn, batches, nireq=1, seconds=seconds)
+
+
+def print_timing(what: str) -> None:
+    """The 'timing  :' header line every script prints before its interleaved rounds."""
+    print(f"timing  : {what}", flush=True)
+
+
 def interleaved(runs: dict[str, Callable[[], dict]], repeats: int, log=print) -> dict[str, dict]:
     """Call every runner once per round, `repeats` rounds, in rotating order (drift hits all alike).
 
@@ -319,6 +360,63 @@ def interleaved(runs: dict[str, Callable[[], dict]], repeats: int, log=print) ->
         extra = {k: v for k, v in got[n][-1].items() if k not in ("throughput", "latency_median_ms", "iterations")}
         out[n].update(extra)
     return out
+
+
+# --- OpenVINO's benchmark_app -------------------------------------------------------------------------
+
+
+def benchmark_app_command(exe: str, ir: Path, shape: Sequence[int], seconds: float, precision: str | None) -> list[str]:
+    """benchmark_app on `ir` with ovclip's settings: CPU, THROUGHPUT hint, static `shape`, optional precision."""
+    cmd = [exe, "-m", str(ir), "-d", "CPU", "-hint", "throughput", "-t", str(int(round(seconds)))]
+    cmd += ["-shape", "[" + ",".join(map(str, shape)) + "]"]
+    return cmd + (["-infer_precision", precision] if precision else [])
+
+
+def benchmark_app_timer(cmd: list[str], batch: int) -> Callable[[], dict]:
+    """A runner for `interleaved`: one benchmark_app run, its report parsed (see `parse_benchmark_app`)."""
+    import subprocess
+
+    def once() -> dict:
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"benchmark_app failed ({p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")
+        return parse_benchmark_app(p.stdout + p.stderr, batch)
+
+    return once
+
+
+def _precision(text: str | None) -> str | None:
+    if text is None:
+        return None
+    t = text.strip().lower()
+    for long, short in (("bfloat16", "bf16"), ("float32", "f32"), ("float16", "f16"), ("f32", "f32"), ("bf16", "bf16")):
+        if long in t:
+            return short
+    return t
+
+
+def parse_benchmark_app(text: str, batch: int) -> dict:
+    """Throughput, iterations, latency, requests and precision from benchmark_app's report."""
+    import re
+
+    def grab(pattern: str, cast=float):
+        m = re.findall(pattern, text)
+        return cast(m[-1]) if m else None
+
+    r = {
+        "throughput": grab(r"Throughput:\s+([\d.]+)\s*FPS"),
+        "iterations": grab(r"Count:\s+(\d+)\s+iterations", int),
+        "duration_ms": grab(r"Duration:\s+([\d.]+)\s*ms"),
+        "latency_median_ms": grab(r"Median:\s+([\d.]+)\s*ms"),
+        "nireq": grab(r"(\d+) inference requests", int),
+        "inference_precision": _precision(grab(r"INFERENCE_PRECISION_HINT:\s+(.+)", str)),
+        "num_streams": grab(r"NUM_STREAMS:\s+(\d+)", int),
+    }
+    if r["throughput"] is None:
+        raise RuntimeError("benchmark_app printed no Throughput line:\n" + text[-2000:])
+    if r["iterations"] and r["duration_ms"]:
+        r["throughput_from_count"] = r["iterations"] * batch / (r["duration_ms"] / 1000)
+    return r
 
 
 def random_batches(batch: int, size: int = 224, n: int = 4, seed: int = 0) -> list[np.ndarray]:

@@ -20,9 +20,7 @@ Writes benchmarks/results/benchmark_app_check.json (or --json).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,37 +47,6 @@ def build(src: str, variant: str, smooth_quant: str, out: Path) -> Path:
             ck, out, builtin_calibration(), cfg, exits="none", overwrite=True, log=lambda s: print(f"ovclip  : {s}")
         )
     return out
-
-
-def _precision(text: str | None) -> str | None:
-    if text is None:
-        return None
-    t = text.strip().lower()
-    for long, short in (("bfloat16", "bf16"), ("float32", "f32"), ("float16", "f16"), ("f32", "f32"), ("bf16", "bf16")):
-        if long in t:
-            return short
-    return t
-
-
-def parse_benchmark_app(text: str, batch: int) -> dict:
-    def grab(pattern: str, cast=float):
-        m = re.findall(pattern, text)
-        return cast(m[-1]) if m else None
-
-    r = {
-        "throughput": grab(r"Throughput:\s+([\d.]+)\s*FPS"),
-        "iterations": grab(r"Count:\s+(\d+)\s+iterations", int),
-        "duration_ms": grab(r"Duration:\s+([\d.]+)\s*ms"),
-        "latency_median_ms": grab(r"Median:\s+([\d.]+)\s*ms"),
-        "nireq": grab(r"(\d+) inference requests", int),
-        "inference_precision": _precision(grab(r"INFERENCE_PRECISION_HINT:\s+(.+)", str)),
-        "num_streams": grab(r"NUM_STREAMS:\s+(\d+)", int),
-    }
-    if r["throughput"] is None:
-        raise RuntimeError("benchmark_app printed no Throughput line:\n" + text[-2000:])
-    if r["iterations"] and r["duration_ms"]:
-        r["throughput_from_count"] = r["iterations"] * batch / (r["duration_ms"] / 1000)
-    return r
 
 
 def main() -> None:
@@ -140,29 +107,8 @@ def main() -> None:
         f"precision hint {precision or 'plugin default'}"
     )
 
-    # benchmark_app
-    cmd = [
-        exe,
-        "-m",
-        str(ir),
-        "-d",
-        "CPU",
-        "-hint",
-        "throughput",
-        "-t",
-        str(int(round(args.seconds))),
-        "-shape",
-        "[" + ",".join(map(str, shape)) + "]",
-    ]
-    if precision:
-        cmd += ["-infer_precision", precision]
+    cmd = C.benchmark_app_command(exe, ir, shape, args.seconds, precision)
     print(f"bench   : {' '.join(cmd)}")
-
-    def bench_app() -> dict:
-        p = subprocess.run(cmd, capture_output=True, text=True)
-        if p.returncode != 0:
-            raise RuntimeError(f"benchmark_app failed ({p.returncode}):\n{(p.stdout + p.stderr)[-2000:]}")
-        return parse_benchmark_app(p.stdout + p.stderr, args.batch)
 
     # ovclip's engine on the same IR, static shape like benchmark_app
     static = ov.Core().read_model(str(ir))
@@ -171,8 +117,8 @@ def main() -> None:
     nireq = C.optimal_nireq(compiled)
     batches = C.random_batches(args.batch, size)
     runners = {
-        "benchmark_app": bench_app,
-        "ovclip-engine": lambda: C.timed(C.ov_runner(compiled), batches, nireq=nireq, seconds=args.seconds),
+        "benchmark_app": C.benchmark_app_timer(cmd, args.batch),
+        "ovclip-engine": C.compiled_timer(compiled, batches, args.seconds),
     }
     facts = {
         "ovclip-engine": {
@@ -189,11 +135,7 @@ def main() -> None:
         dep = Deployment(folder, "CPU", hint="throughput", inference_precision=precision)
         dn = optimal_nireq(dep)
         facts["ovclip-deploy"] = {"nireq": dn, "executed_precision": dep.executed_precision(), "shape": "[?,3,S,S]"}
-
-        def go(b):
-            return dep.run_vision(b, None, early_exit=False)
-
-        runners["ovclip-deploy"] = lambda: C.timed(go, batches, nireq=dn, seconds=args.seconds)
+        runners["ovclip-deploy"] = C.deployment_timer(dep, batches, args.seconds, nireq=dn)
     speed = C.interleaved(runners, args.repeats)
 
     ref = speed["benchmark_app"]["median"]

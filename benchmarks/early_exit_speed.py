@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import Run, image_batches, interleaved, median, table, timed
+from _common import Run, deployment_timer, image_batches, interleaved, median, table
 
 from ovclip.bench.report import templates_for
 from ovclip.bench.runner import accuracy_pass, optimal_nireq
@@ -65,11 +65,14 @@ def main() -> None:
     batches = image_batches(px, args.batch)
     nireq = optimal_nireq(ee)
     runs = {
-        "unsplit": lambda: timed(lambda b: un.run_vision(b, cls_un, early_exit=False), batches, nireq, args.seconds),
-        "staged": lambda: timed(lambda b: ee.run_vision(b, cls, early_exit=False), batches, nireq, args.seconds),
-        "ee": lambda: timed(lambda b: ee.run_vision(b, cls, early_exit=True), batches, nireq, args.seconds),
-        "staged-py": lambda: timed(lambda b: ee_py.run_vision(b, cls, early_exit=False), batches, nireq, args.seconds),
-        "ee-py": lambda: timed(lambda b: ee_py.run_vision(b, cls, early_exit=True), batches, nireq, args.seconds),
+        name: deployment_timer(dep, batches, args.seconds, class_emb=c, early_exit=early, nireq=nireq)
+        for name, dep, c, early in (
+            ("unsplit", un, cls_un, False),
+            ("staged", ee, cls, False),
+            ("ee", ee, cls, True),
+            ("staged-py", ee_py, cls, False),
+            ("ee-py", ee_py, cls, True),
+        )
     }
     res = interleaved(runs, args.repeats)
     per_round_split = [s / u for s, u in zip(res["staged"]["runs"], res["unsplit"]["runs"], strict=True)]

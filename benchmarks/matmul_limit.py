@@ -161,28 +161,8 @@ def limit_runners(vision: dict, batch: int, seconds: float, precisions: list[str
             }
             if p == "int8" and q < n:
                 log(f"WARNING: {name}: only {q} of {n} MatMuls run in INT8")
-            runners[name] = _runner(compiled, batches, per_sample, seconds)
+            runners[name] = C.compiled_timer(compiled, batches, seconds, share_outputs=True, per_sample=per_sample)
     return runners, facts
-
-
-def _runner(compiled, batches, flops_per_sample: int, seconds: float):
-    import threading
-
-    tls = threading.local()
-
-    def run(x):
-        req = getattr(tls, "req", None)
-        if req is None:
-            req = tls.req = compiled.create_infer_request()
-        req.infer({0: x}, share_inputs=True, share_outputs=True)
-
-    nireq = C.optimal_nireq(compiled)
-
-    def once() -> dict:
-        r = C.timed(run, batches, nireq=nireq, seconds=seconds)
-        return {"throughput": r["throughput"] * flops_per_sample / 1e9, "latency_median_ms": r["latency_median_ms"]}
-
-    return once
 
 
 def mix_rates(vision: dict, speed: dict[str, dict], precisions: list[str], tag: str = "") -> dict[str, float]:
@@ -263,7 +243,7 @@ def main() -> None:
         r, f = limit_runners(vision, args.batch, args.seconds, precisions, tag)
         runners.update(r)
         facts.update(f)
-    print(f"timing  : batch {args.batch}, {args.seconds} s x {args.repeats} rounds, THROUGHPUT hint, optimal nireq")
+    C.print_timing(f"batch {args.batch}, {args.seconds} s x {args.repeats} rounds, THROUGHPUT hint, optimal nireq")
     speed = C.interleaved(runners, args.repeats)
 
     rows = []

@@ -434,18 +434,13 @@ def main() -> None:
     # ---------------- throughput ----------------
     pool = C.image_batches(data.pixels(np.arange(min(len(data), max(args.pool, args.batch))), pcfg), args.batch)
     runners = {}
-    runners["torch-fp32"] = lambda: C.timed(torch_image, pool, nireq=1, seconds=args.seconds)
+    runners["torch-fp32"] = C.function_timer(torch_image, pool, args.seconds)
     for name, c in compiled.items():
-        runners[name] = lambda c=c: C.timed(C.ov_runner(c), pool, nireq=C.optimal_nireq(c), seconds=args.seconds)
+        runners[name] = C.compiled_timer(c, pool, args.seconds)
     for name, (dep, ee, cls) in deps.items():
-        from ovclip.bench.runner import optimal_nireq
-
-        def go(batch, dep=dep, ee=ee, cls=cls):
-            return dep.run_vision(batch, cls, early_exit=ee)
-
-        runners[name] = lambda go=go, dep=dep: C.timed(go, pool, nireq=optimal_nireq(dep), seconds=args.seconds)
-    print(
-        f"timing  : batch {args.batch}, {args.seconds} s x {args.repeats} rounds, THROUGHPUT hint, optimal nireq; "
+        runners[name] = C.deployment_timer(dep, pool, args.seconds, class_emb=cls, early_exit=ee)
+    C.print_timing(
+        f"batch {args.batch}, {args.seconds} s x {args.repeats} rounds, THROUGHPUT hint, optimal nireq; "
         f"torch: 1 stream x {C.cores()} threads"
     )
     speed = C.interleaved(runners, args.repeats)

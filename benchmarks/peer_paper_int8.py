@@ -133,9 +133,8 @@ def main() -> None:
     pool = C.image_batches(data.pixels(np.arange(min(len(data), max(args.pool, args.batch))), cfg), args.batch)
     runners = {}
     for name, mod in (("torch-fp32", fp32), ("torch-int8-dynamic", int8)):
-        f = vision(mod)
-        runners[name] = lambda f=f: C.timed(f, pool, nireq=1, seconds=args.seconds)
-    print(f"timing  : batch {args.batch}, {args.seconds} s x {args.repeats} rounds, 1 stream x {threads} threads")
+        runners[name] = C.function_timer(vision(mod), pool, args.seconds)
+    C.print_timing(f"batch {args.batch}, {args.seconds} s x {args.repeats} rounds, 1 stream x {threads} threads")
     speed = C.interleaved(runners, args.repeats)
 
     base = speed["torch-fp32"]["median"]

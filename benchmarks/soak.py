@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import time
 import traceback
 from pathlib import Path
 
+import _common as C
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ DEFAULT_JSON = REPO / "benchmarks" / "results" / "soak.json"
 TARGET_RSS_RATIO = 0.05
 
 
-# --- machine, versions, memory -------------------------------------------------------------------------
+# --- memory ---------------------------------------------------------------------------------------------
 
 
 def rss_bytes() -> int:
@@ -49,41 +49,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("cannot read RSS: install psutil") from None
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        import psutil
-
-        mem = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        mem = None
-    return {"cpu": cpu, "cores": cores, "memory_gib": mem, "os": platform.platform(), "load_avg": os.getloadavg()}
-
-
-def versions() -> dict:
-    from ovclip.folder.manifest import library_versions
-
-    v = library_versions()
-    try:
-        import openvino as ov
-
-        v["openvino_build"] = ov.get_version()
-    except ImportError:
-        pass
-    return v
 
 
 # --- the folder --------------------------------------------------------------------------------------
@@ -222,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     from ovclip.runtime import Deployment
 
     command = shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["soak.py", *argv])
-    info = {"command": command, "machine": machine(), "versions": versions()}
+    info = {"command": command, "machine": {**C.machine(), "load_avg": os.getloadavg()}, "versions": C.versions()}
     print(f"command:  {info['command']}")
     m = info["machine"]
     print(f"machine:  {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, load {m['load_avg']}")

@@ -116,44 +116,20 @@ def main() -> None:
             "executed_precision": dep.executed_precision(),
             "matmuls": C.runtime_matmuls(dep.full_depth_compiled()),
         }
-
-        def go(b, dep=dep):
-            return dep.run_vision(b, None, early_exit=False)
-
-        runners[name] = lambda go=go, n=n: C.timed(go, batches, nireq=n, seconds=args.seconds)
+        runners[name] = C.deployment_timer(dep, batches, args.seconds, nireq=n)
     if args.benchmark_app:
-        import subprocess
-
-        from benchmark_app_check import parse_benchmark_app
-
         exe = shutil.which("benchmark_app")
+        shape = [args.batch, 3, vision["image_size"], vision["image_size"]]
         for name, (folder, prec, _) in variants.items():
-            cmd = [
-                exe,
-                "-m",
-                str(folder / "vision_stage0.xml"),
-                "-d",
-                "CPU",
-                "-hint",
-                "throughput",
-                "-t",
-                str(int(round(args.seconds))),
-                "-shape",
-                f"[{args.batch},3,{vision['image_size']},{vision['image_size']}]",
-            ] + (["-infer_precision", prec] if prec else [])
+            cmd = C.benchmark_app_command(exe, folder / "vision_stage0.xml", shape, args.seconds, prec)
             facts[f"benchmark_app:{name}"] = {"command": " ".join(cmd)}
-
-            def ba(cmd=cmd):
-                p = subprocess.run(cmd, capture_output=True, text=True, check=True)
-                return parse_benchmark_app(p.stdout + p.stderr, args.batch)
-
-            runners[f"benchmark_app:{name}"] = ba
+            runners[f"benchmark_app:{name}"] = C.benchmark_app_timer(cmd, args.batch)
     mm_precisions = sorted({p for _, _, p in variants.values()}, key=["f32", "bf16", "int8"].index)
     mm_runners, mm_facts = ML.limit_runners(vision, args.batch, args.matmul_seconds, mm_precisions, "matmul:")
     runners.update(mm_runners)
     facts.update(mm_facts)
-    print(
-        f"timing  : batch {args.batch}; models {args.seconds} s, MatMuls {args.matmul_seconds} s; "
+    C.print_timing(
+        f"batch {args.batch}; models {args.seconds} s, MatMuls {args.matmul_seconds} s; "
         f"{args.repeats} interleaved rounds; THROUGHPUT hint, optimal nireq"
     )
     speed = C.interleaved(runners, args.repeats)
