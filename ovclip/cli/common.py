@@ -48,7 +48,8 @@ def cli_message(e: OvclipError, ctx: click.Context | None = None) -> str:
         flag = flag_for(ctx, param)
         if flag is None:
             continue
-        msg = re.sub(rf"(?<![\w.]){re.escape(param)}=", lambda _, flag=flag: flag + " ", msg)
+        # `name=` where a word starts (not inside a path such as /data/batch=3/)
+        msg = re.sub(rf"(?:^|(?<=[\s(\[,;])){re.escape(param)}=", lambda _, flag=flag: flag + " ", msg)
         msg = msg.replace(f"`{param}`", flag)
     return msg
 
