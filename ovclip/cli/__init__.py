@@ -12,6 +12,7 @@ from ovclip import __version__
 from ovclip.cli.analyze import analyze
 from ovclip.cli.bench import bench
 from ovclip.cli.devices import devices
+from ovclip.cli.embed import embed, search
 from ovclip.cli.export import export, quantize
 from ovclip.cli.verify import verify
 
@@ -31,3 +32,5 @@ main.add_command(bench)
 main.add_command(analyze)
 main.add_command(devices)
 main.add_command(verify)
+main.add_command(embed)
+main.add_command(search)
