@@ -14,6 +14,7 @@ from ovclip.cli.bench import bench
 from ovclip.cli.devices import devices
 from ovclip.cli.embed import embed, search
 from ovclip.cli.export import export, quantize
+from ovclip.cli.serve import export_ovms, serve
 from ovclip.cli.verify import verify
 
 __all__ = ["main"]
@@ -34,3 +35,5 @@ main.add_command(devices)
 main.add_command(verify)
 main.add_command(embed)
 main.add_command(search)
+main.add_command(serve)
+main.add_command(export_ovms)
