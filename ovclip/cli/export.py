@@ -9,16 +9,27 @@ import click
 from ovclip.cli.common import MODEL_HELP, friendly, log, progress_bars
 from ovclip.errors import OvclipError
 
+# options export and quantize share
+MODEL = click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
+STATIC_BATCH = click.option(
+    "--static-batch", type=int, default=None, help="Fix the batch size (NPU needs static shapes)."
+)
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+
+
+def out_option(default: str):
+    return click.option(
+        "--out",
+        type=click.Path(path_type=Path),
+        default=Path(default),
+        show_default=True,
+        help="Deployment folder to write.",
+    )
+
 
 @click.command()
-@click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("out/fp32"),
-    show_default=True,
-    help="Deployment folder to write.",
-)
+@MODEL
+@out_option("out/fp32")
 @click.option(
     "--exits",
     default="default",
@@ -32,14 +43,14 @@ from ovclip.errors import OvclipError
     show_default=True,
     help="Weight precision stored in the IR.",
 )
-@click.option("--static-batch", type=int, default=None, help="Fix the batch size (NPU needs static shapes).")
+@STATIC_BATCH
 @click.option(
     "--act",
     type=click.Choice(["quick_gelu", "gelu"]),
     default=None,
     help="Activation for OpenAI-layout state dicts (open_clip-trained models use gelu).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@OVERWRITE
 @friendly
 def export(model, out, exits, precision, static_batch, act, overwrite):
     """Write an FP32/FP16 OpenVINO IR deployment folder: text tower + vision tower split at the exits."""
@@ -55,14 +66,8 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
 
 
 @click.command()
-@click.option("--model", "model", default="builtin", show_default=True, help=MODEL_HELP)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("out/int8"),
-    show_default=True,
-    help="Deployment folder to write.",
-)
+@MODEL
+@out_option("out/int8")
 @click.option(
     "--calibration",
     default="builtin:calibration",
@@ -120,12 +125,12 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     show_default=True,
     help="NNCF target device.",
 )
-@click.option("--static-batch", type=int, default=None, help="Fix the batch size (NPU needs static shapes).")
+@STATIC_BATCH
 @click.option(
     "--act", type=click.Choice(["quick_gelu", "gelu"]), default=None, help="Activation for OpenAI-layout state dicts."
 )
 @click.option("--strict", is_flag=True, help="Stop on the first unreadable calibration image instead of skipping it.")
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@OVERWRITE
 @friendly
 def quantize(
     model,
