@@ -14,7 +14,10 @@ cluster is left running.
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -85,13 +88,22 @@ def _connect(ray, job) -> bool:
     return True
 
 
-def _quiet(ray) -> None:
+@contextmanager
+def _quiet(ray) -> Iterator[None]:
+    """No progress bars or log lines from Ray Data while the job runs (the library reports through `progress`)."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.execution_options.verbose_progress = False
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _cause(e: BaseException) -> OvclipError | None:
@@ -128,8 +140,8 @@ def run_ray(job) -> tuple[int, int]:
         return resumed, resumed_images
     started = _connect(ray, job)
     try:
-        _quiet(ray)
-        done = _execute(ray, job, pending, done)
+        with _quiet(ray):
+            done = _execute(ray, job, pending, done)
     except OvclipError:
         raise
     except Exception as e:  # noqa: BLE001 - a failed Ray run is one line, with the OvclipError inside if any
@@ -152,7 +164,7 @@ def _execute(ray, job, pending: list[tuple[int, int, str]], done: int) -> int:
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         ShardActor,
         batch_size=1,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=o.ray_cpus_per_actor,
         fn_constructor_kwargs={
             "folder": str(job.folder),
