@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ovclip.data.labeled import LabeledImages
 from ovclip.errors import OvclipError
-
-if TYPE_CHECKING:
-    from ovclip.data.datasets import LabeledImages
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "builtin"
 EVAL_FILE = "eval_fashion_mnist_test2000.npz"
@@ -65,8 +62,6 @@ def load_npz(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _builtin(name: str, what: str) -> LabeledImages:
-    from ovclip.data.datasets import LabeledImages  # datasets imports this module; import here, not at the top
-
     images, labels, _ = load_npz(name)
     class_names, prompt_names = builtin_classes()
     return LabeledImages(
