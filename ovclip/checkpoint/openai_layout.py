@@ -111,10 +111,14 @@ def default_heads(width: int, override: int | None, tower: str, where: str) -> i
     else:
         raise OvclipError(
             f"{where}: {tower} width {width} is not a multiple of 64, so its head count cannot be inferred; "
-            f"pass {tower}_heads="
+            f"pass `{tower}_heads`",
+            params=f"{tower}_heads",
         )
     if heads <= 0 or width % heads:
-        raise OvclipError(f"{where}: {tower} width {width} does not split into {heads} heads; pass {tower}_heads=")
+        raise OvclipError(
+            f"{where}: {tower} width {width} does not split into {heads} heads; pass `{tower}_heads`",
+            params=f"{tower}_heads",
+        )
     return heads
 
 

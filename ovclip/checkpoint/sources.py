@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ovclip.checkpoint import openai_layout as oa
 from ovclip.checkpoint.random_models import SEED, build_random_model, random_config
-from ovclip.errors import OvclipError
+from ovclip.errors import OvclipError, first_line
 from ovclip.preprocess import CLIP_MEAN, CLIP_STD, PreprocessConfig
 from ovclip.tokenizer import ClipTokenizer
 
@@ -60,7 +60,8 @@ class Overrides:
 
             if self.hidden_act not in ACT2FN:
                 raise OvclipError(
-                    f"hidden_act={self.hidden_act!r} is not an activation transformers knows; use quick_gelu or gelu"
+                    f"hidden_act={self.hidden_act!r} is not an activation transformers knows; use quick_gelu or gelu",
+                    params="hidden_act",
                 )
             config.vision_config.hidden_act = config.text_config.hidden_act = self.hidden_act
         for tower, heads in (("vision", self.vision_heads), ("text", self.text_heads)):
@@ -122,11 +123,12 @@ _BOILERPLATE = ("Weights only load failed", "Check the documentation", "In PyTor
 
 
 def _first_line(e: BaseException) -> str:
-    """The informative first sentence of an exception message, for a one-line error."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(_BOILERPLATE)]
-    if not lines:
+    """The informative first sentence of an exception message (torch's boilerplate skipped), for a one-line
+    error; the exception's type where the message is empty or too short to say more than it."""
+    line = first_line(e, skip=_BOILERPLATE, default="")
+    if not line:
         return type(e).__name__
-    sentence = lines[0].split(". ")[0]
+    sentence = line.split(". ")[0]
     if len(sentence) < 16:  # KeyError('101'), EOFError(''): the type says more than the text
         sentence = f"{type(e).__name__}: {sentence}"
     return sentence if len(sentence) <= 160 else sentence[:157] + "..."
@@ -177,7 +179,8 @@ def _load_builtin(ov: Overrides) -> LoadedCheckpoint:
     if not (BUILTIN_MODEL_DIR / "config.json").is_file():
         raise OvclipError(
             f"the built-in model is not built yet ({BUILTIN_MODEL_DIR} is missing); "
-            "build it with `python calibration/train_builtin.py` or pass --model"
+            "build it with `python calibration/train_builtin.py` or pass another `src`",
+            params="src",
         )
     ck = _load_hf_folder(BUILTIN_MODEL_DIR, ov)
     ck.source, ck.kind = "builtin", "builtin"
