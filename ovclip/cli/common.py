@@ -28,6 +28,8 @@ API_FLAGS = {
     "seconds": "--time",
     "smooth_quant_alpha": "--smooth-quant",
     "dataset": "--data",
+    "src": "--model",  # load_checkpoint(src)
+    "hidden_act": "--act",
 }
 
 
