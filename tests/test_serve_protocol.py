@@ -77,7 +77,7 @@ def _png(size: tuple[int, int]) -> bytes:
 def test_decode_limits_and_faults():
     png = _png((40, 30))
     img = decode_image(png, "file[0]", Limits())
-    assert img.mode == "RGB" and img.size == (40, 30)
+    assert img.mode == "L" and img.size == (40, 30)  # plain grayscale stays one band
     cases = [
         (b"", Limits(), 400, "empty"),
         (b"GIF89a not really", Limits(), 415, "not an image in a supported format"),
@@ -146,3 +146,26 @@ def test_missing_serve_extra_is_one_line_naming_the_install(monkeypatch):
     with pytest.raises(OvclipError, match=r"pip install 'ovclip\[serve\]'") as e:
         require_serve()
     assert "\n" not in str(e.value)
+
+
+def test_server_pixels_are_bit_identical_to_the_library_preprocessing(photos, tmp_path):
+    """Bytes -> decode_image -> Pixels against file -> load_image -> ovclip.preprocess, on real Fashion-MNIST
+    PNGs (grayscale), the scikit-image photos (RGB, several sizes) and RGBA / palette / 16-bit encodings."""
+    from serve_folder import fashion_pngs
+
+    from ovclip.data.images import load_image
+    from ovclip.preprocess import PreprocessConfig, preprocess
+    from ovclip.serve.pixels import Pixels
+
+    blobs = fashion_pngs(6)
+    for photo in photos:
+        for mode, fmt in (("RGB", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("I;16", "PNG")):
+            img = photo.convert("L").convert("I;16") if mode == "I;16" else photo.convert(mode)
+            buf = io.BytesIO()
+            img.save(buf, format=fmt)
+            blobs.append(buf.getvalue())
+    for cfg in (PreprocessConfig(size=64), PreprocessConfig(size=224, shortest_edge=256, resample="bilinear")):
+        got = Pixels(cfg)([decode_image(b, f"b{i}", Limits()) for i, b in enumerate(blobs)])
+        for i, b in enumerate(blobs):
+            (tmp_path / f"{i}.img").write_bytes(b)
+            np.testing.assert_array_equal(got[i], preprocess(load_image(tmp_path / f"{i}.img"), cfg), err_msg=str(i))

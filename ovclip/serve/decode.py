@@ -1,4 +1,5 @@
-"""Image bytes from a request -> an RGB image, or a `RequestError` that says which image and what is wrong.
+"""Image bytes from a request -> an RGB (or plain grayscale 'L') image, or a `RequestError` that says which image
+and what is wrong.
 
 The same rules as `ovclip.data.images.load_image` (raster formats only, decoded by content, the whole first
 frame decoded so truncation is caught, EXIF orientation applied, `to_rgb` for every Pillow mode), with the
@@ -49,7 +50,9 @@ def decode_image(data: bytes, what: str, limits: Limits) -> Image.Image:
                         f"{limits.max_image_pixels:,}; downscale it"
                     )
                 img.load()
-                return to_rgb(_orient(img))
+                img = _orient(img)
+                # plain grayscale stays one band (`ovclip.serve.pixels` resizes it once); all else becomes RGB
+                return img if img.mode == "L" and img.info.get("transparency") is None else to_rgb(img)
     except RequestError:
         raise
     except UnidentifiedImageError:

@@ -18,6 +18,7 @@ from PIL import Image
 from ovclip.data.label_sets import LabelSet, make_label_set
 from ovclip.runtime import Deployment, VisionOutput
 from ovclip.serve.errors import RequestError
+from ovclip.serve.pixels import Pixels
 from ovclip.serve.protocol import ClassifyOptions
 
 
@@ -45,10 +46,12 @@ class Engine:
     def __init__(self, dep: Deployment, label_sets: dict[str, LabelSet]):
         self.dep = dep
         self.label_sets = dict(label_sets)
+        self.pixels = Pixels(dep.preprocess_config)
 
     # -- inputs ------------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.dep.preprocess(images)
+        """(N, 3, S, S) float32, the numbers of `Deployment.preprocess`."""
+        return self.pixels(images)
 
     def label_set(self, opts: ClassifyOptions) -> LabelSet:
         """The request's labels: a saved set by name (its templates unless the request gives some), or ad hoc."""
