@@ -192,17 +192,17 @@ def _run_local(job: Job) -> tuple[int, int]:
     """Embed the pending shards in this process; returns (shards, images) that were already done."""
     from ovclip.runtime import Deployment
 
+    done_before = {index: len(items) for index, items in job.shards() if job.done(index, items)}
+    done = sum(done_before.values())
+    job.report(done)  # the first event: what earlier runs did (not part of this run's rate)
     dep = None
-    done = resumed = resumed_images = 0
-    job.report(0)
     for index, items in job.shards():
-        if job.done(index, items):
-            resumed, resumed_images, done = resumed + 1, resumed_images + len(items), done + len(items)
-            job.report(done)
+        if index in done_before:
             continue
         if dep is None:
             dep = Deployment(job.folder, job.options.device, hint=job.options.hint)
-        data, _ = shard_bytes(dep, index, items, job.spec, job.options.workers or default_workers(), _Count(job, done))
+        workers = job.options.workers or default_workers()
+        data, _ = shard_bytes(dep, index, items, job.spec, workers, _Count(job, done))
         write_atomic(shard_path(job.out, index), data)
         done += len(items)
-    return resumed, resumed_images
+    return len(done_before), sum(done_before.values())
