@@ -39,12 +39,19 @@ def build(src: str, variant: str, smooth_quant: str, out: Path) -> Path:
         export_deployment(ck, out, ExportOptions(exits="none", overwrite=True))
     else:
         from ovclip.data.builtin import builtin_calibration
+        from ovclip.progress import notes_to
         from ovclip.quantize import QuantizationConfig
         from ovclip.quantize.pipeline import quantize_deployment
 
         cfg = QuantizationConfig(smooth_quant_alpha=QuantizationConfig.parse_alpha(smooth_quant))
         quantize_deployment(
-            ck, out, builtin_calibration(), cfg, exits="none", overwrite=True, log=lambda s: print(f"ovclip  : {s}")
+            ck,
+            out,
+            builtin_calibration(),
+            cfg,
+            exits="none",
+            overwrite=True,
+            progress=notes_to(lambda s: print(f"ovclip  : {s}")),
         )
     return out
 

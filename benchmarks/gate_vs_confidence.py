@@ -27,7 +27,8 @@ from _common import Run, table
 
 from ovclip.bench.report import templates_for
 from ovclip.data.datasets import open_dataset
-from ovclip.exits.build import PARETO_BUDGETS, ExitBuildConfig, split_calibration
+from ovclip.exits.calibrate import PARETO_BUDGETS
+from ovclip.exits.config import ExitBuildConfig, split_calibration
 from ovclip.exits.gate_fit import cv_auc, fit_gate, fit_logistic, roc_auc, select_gate
 from ovclip.exits.thresholds import for_budget, grid
 from ovclip.policy.cascade import Trace, evaluate, exit_layers

@@ -48,6 +48,7 @@ def main() -> None:
     from ovclip.export import ExportOptions, export_deployment
     from ovclip.folder import read_manifest
     from ovclip.policy.flops import full_depth_flops
+    from ovclip.progress import notes_to
     from ovclip.quantize import QuantizationConfig
     from ovclip.quantize.pipeline import quantize_deployment
     from ovclip.runtime import Deployment
@@ -78,7 +79,7 @@ def main() -> None:
                 builtin_calibration(),
                 cfg,
                 exits="none",
-                log=lambda x: print(f"ovclip  : {x}"),
+                progress=notes_to(lambda x: print(f"ovclip  : {x}")),
             )
             build[f"int8-sq-{s}"] = {
                 "seconds": round(time.time() - t0, 1),

@@ -70,7 +70,6 @@ def folders(tmp_path_factory):
             QuantizationConfig(subset_size=16, smooth_quant_alpha=None),
             exits="2",
             early_exit=None,
-            log=lambda m: None,
         )
     return SimpleNamespace(root=root, model=model, fp32=root / "fp32", int8=root / "int8")
 

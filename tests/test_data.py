@@ -23,7 +23,15 @@ from ovclip.data.datasets import (
     read_labels_file,
 )
 from ovclip.data.fashion_mnist import CLASS_NAMES, DEBIAN_PATH
-from ovclip.data.prompts import builtin_templates, class_prompts, ensemble
+from ovclip.data.prompts import (
+    GENERIC_TEMPLATES,
+    all_prompts,
+    builtin_templates,
+    class_prompts,
+    ensemble,
+    prompt_templates,
+    template_set_of,
+)
 from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig, preprocess
 
@@ -482,6 +490,19 @@ def test_templates_and_class_prompts():
         class_prompts(["cat"], ["a photo"])
     with pytest.raises(OvclipError, match="no prompt templates"):
         class_prompts(["cat"], [])
+
+
+def test_template_sets_are_chosen_by_name():
+    assert prompt_templates("fashion-mnist") == builtin_templates("eval")
+    assert prompt_templates("generic") == GENERIC_TEMPLATES
+    assert {template_set_of(s) for s in (None, "builtin", "builtin:calibration", "fashion-mnist:test")} == {
+        "fashion-mnist"
+    }
+    assert template_set_of("/data/my-photos") == template_set_of("fashion_photos") == "generic"
+    with pytest.raises(OvclipError, match="templates='imagenet': choose one of fashion-mnist, generic") as e:
+        prompt_templates("imagenet")
+    assert e.value.params == ("templates",)
+    assert all_prompts(["cat", "{odd}"], ["a {}.", "{}!"]) == ["a cat.", "cat!", "a {odd}.", "{odd}!"]
 
 
 def test_ensemble_matches_reference_loop():

@@ -243,11 +243,32 @@ def test_select_head_keeps_the_length_most_accurate_on_the_held_out_split():
     assert acc[30] > acc[1] and epochs == 30  # one epoch of 4 steps has not learned the classes yet
 
 
+def test_calibration_class_embeddings_match_torch_and_the_runtime(tiny):
+    """The class embeddings the exit heads are trained against: every template filled by plain substitution (a
+    name holding braces stays as it is), embedded by the text IR, ensembled over templates. The same as
+    transformers in torch, and as the runtime computes them from the folder."""
+    from ovclip.exits.build import class_text_embeddings
+    from ovclip.export.exporter import convert_text
+
+    model, _, folder, _ = tiny
+    ckpt = load_checkpoint(str(folder.parent / "hf"))
+    names, templates = ["sneaker", "bag {0}"], ["a photo of a {}.", "{}, seen from above"]
+    ours = class_text_embeddings(convert_text(ckpt.model), ckpt.tokenizer, names, templates)
+    prompts = ["a photo of a sneaker.", "sneaker, seen from above", "a photo of a bag {0}.", "bag {0}, seen from above"]
+    with torch.no_grad():
+        out = model.get_text_features(input_ids=torch.from_numpy(ckpt.tokenizer(prompts)))
+        text = F.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1)
+        ref = F.normalize(text.reshape(2, 2, -1).mean(1), dim=-1).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    np.testing.assert_allclose(ours, Deployment(folder).class_embeddings(names, templates), atol=1e-6)
+
+
 def test_unknown_runtime_is_one_line_error(tiny):
     from ovclip.errors import OvclipError
 
-    with pytest.raises(OvclipError, match="runtime 'fast': choose one of auto, graph, stages"):
+    with pytest.raises(OvclipError, match="runtime='fast': choose one of auto, graph, stages") as e:
         Deployment(tiny[2], runtime="fast")
+    assert e.value.params == ("runtime",)
 
 
 def stages_trace(dep: Deployment, px: np.ndarray, policy: ExitPolicy) -> dict:
@@ -299,11 +320,11 @@ def test_budget_search_respects_budget_and_beats_every_feasible_grid_point(budge
 def test_drop_bound_against_hand_binomial():
     from scipy.stats import beta
 
-    ee = np.array([True] * 90 + [False] * 10)
+    exit_correct = np.array([True] * 90 + [False] * 10)
     full = np.array([True] * 85 + [False] * 5 + [True] * 10)  # loss 10, rescue 5
     hi = beta.ppf(0.975, 11, 90)
     lo = beta.ppf(0.025, 5, 96)
-    assert drop_upper_bound(ee, full, 0.95) == pytest.approx(hi - lo)
+    assert drop_upper_bound(exit_correct, full, 0.95) == pytest.approx(hi - lo)
 
 
 def test_max_drop_search_meets_its_bound():
@@ -337,7 +358,7 @@ def test_gate_fit_matches_sklearn():
 def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     from ovclip.bench.runner import BenchSettings, bench_folder
     from ovclip.data.builtin import builtin_calibration, builtin_eval
-    from ovclip.exits.build import ExitBuildConfig
+    from ovclip.exits.config import ExitBuildConfig
     from ovclip.exits.heads import HeadTrainConfig
     from ovclip.quantize import QuantizationConfig
     from ovclip.quantize.pipeline import quantize_deployment
@@ -345,7 +366,9 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     model, _, folder, _ = tiny
     ckpt = load_checkpoint(str(folder.parent / "hf"))
     calib = builtin_calibration().subset(np.arange(600))
-    ee = ExitBuildConfig(flops_budget=0.9, min_images=300, head=HeadTrainConfig(epochs=3), gate_features="select")
+    exit_config = ExitBuildConfig(
+        flops_budget=0.9, min_images=300, head=HeadTrainConfig(epochs=3), gate_features="select"
+    )
     out = tmp_path / "int8"
     m = quantize_deployment(
         ckpt,
@@ -353,8 +376,7 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
         calib,
         QuantizationConfig(subset_size=16, smooth_quant_alpha=None),
         exits="1,2,3",
-        early_exit=ee,
-        log=lambda s: None,
+        early_exit=exit_config,
     )
     policy = m["exit_policy"]
     assert policy["rule"] == "gate" and policy["exits"] == [1, 2, 3]
@@ -373,12 +395,51 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     data = builtin_eval().subset(np.arange(48))
     recs = bench_folder(out, BenchSettings(seconds=0.3, batch=8, pool=16), data, ["a photo of a {}."])
     assert [r["variant"] for r in recs] == ["int8", "int8-ee"]
-    ee_rec = recs[1]
-    assert sum(ee_rec["exit_histogram"].values()) == 48
-    assert ee_rec["rescue"]["n"] == 48
-    q = ee_rec["rescue"]
-    assert q["both_correct"] + q["rescue"] == round(ee_rec["top1"] * 48)
+    exit_record = recs[1]
+    assert sum(exit_record["exit_histogram"].values()) == 48
+    assert exit_record["rescue"]["n"] == 48
+    q = exit_record["rescue"]
+    assert q["both_correct"] + q["rescue"] == round(exit_record["top1"] * 48)
     assert q["both_correct"] + q["loss"] == round(recs[0]["top1"] * 48)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message", "params"),
+    [
+        ({"flops_budget": 1.5}, "flops_budget=1.5: give a fraction of full depth in (0, 1]", ("flops_budget",)),
+        ({"max_drop": 0.0}, "max_drop=0.0: give accuracy points", ("max_drop",)),
+        (
+            {"flops_budget": 0.8, "max_drop": 0.5},
+            "give `flops_budget` or `max_drop`, not both",
+            ("flops_budget", "max_drop"),
+        ),
+        ({"gate_features": "all"}, "gate_features='all': give 'paper' or 'select'", ("gate_features",)),
+        ({"placement": "best"}, "placement='best': give 'fixed' or 'auto'", ("placement",)),
+        ({"templates": "imagenet"}, "templates='imagenet': give 'fashion-mnist' or 'generic'", ("templates",)),
+    ],
+)
+def test_exit_build_config_refuses_bad_values_in_api_terms(kwargs, message, params):
+    from ovclip.errors import OvclipError
+    from ovclip.exits.config import ExitBuildConfig
+
+    with pytest.raises(OvclipError) as e:
+        ExitBuildConfig(**kwargs)
+    assert message in str(e.value) and e.value.params == params
+
+
+def test_the_objective_reaches_the_threshold_search_typed():
+    """flops_budget / max_drop become one typed objective; the search it drives is the one it names."""
+    from ovclip.exits.config import ExitBuildConfig
+    from ovclip.exits.thresholds import FlopsBudget, MaxDrop, choose_thresholds
+
+    assert ExitBuildConfig().objective == FlopsBudget(0.85)  # the default budget
+    assert ExitBuildConfig(flops_budget=0.6).objective == FlopsBudget(0.6)
+    assert ExitBuildConfig(max_drop=0.5, confidence=0.9).objective == MaxDrop(0.5, 0.9)
+    tr = _trace(2000, 1)
+    grids = {e: grid(tr.score[e], 11) for e in tr.exits}
+    assert choose_thresholds(tr, grids, FlopsBudget(0.8)) == for_budget(tr, grids, 0.8)
+    assert choose_thresholds(tr, grids, MaxDrop(2.0)) == for_max_drop(tr, grids, 0.02)
+    assert MaxDrop(2.0).record() == {"max_drop_points": 2.0, "confidence": 0.95}
 
 
 def test_grid_evaluation_equals_one_by_one():

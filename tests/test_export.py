@@ -226,17 +226,17 @@ def test_default_exits_scale_with_depth(layers, exits):
 )
 def test_bad_exits_are_refused_with_a_message(tiny_ckpt, tmp_path, exits, bad):
     out = tmp_path / "out"
-    with pytest.raises(OvclipError, match="--exits") as err:
+    with pytest.raises(OvclipError, match="exits=") as err:
         export_deployment(tiny_ckpt, out, ExportOptions(exits=exits))
-    assert bad in str(err.value)
+    assert bad in str(err.value) and err.value.params == ("exits",)
     assert not out.exists()
 
 
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        (ExportOptions(precision="int4"), ["--precision", "int4"]),
-        (ExportOptions(static_batch=0), ["--static-batch", "0"]),
+        (ExportOptions(precision="int4"), ["precision='int4'", "fp32, fp16"]),
+        (ExportOptions(static_batch=0), ["static_batch=0", "positive"]),
     ],
 )
 def test_bad_options_are_refused_with_a_message(tiny_ckpt, tmp_path, options, words):
@@ -248,8 +248,8 @@ def test_bad_options_are_refused_with_a_message(tiny_ckpt, tmp_path, options, wo
 
 def test_existing_folder_needs_overwrite(tiny_ckpt, fp32_folder):
     before = (fp32_folder / "manifest.json").read_bytes()
-    with pytest.raises(OvclipError, match="--overwrite") as err:
+    with pytest.raises(OvclipError, match="already exists; pass `overwrite`") as err:
         export_deployment(tiny_ckpt, fp32_folder, ExportOptions(exits=STAGED_EXITS))
-    assert str(fp32_folder) in str(err.value)
+    assert str(fp32_folder) in str(err.value) and err.value.params == ("overwrite",)
     assert (fp32_folder / "manifest.json").read_bytes() == before
     assert not list(fp32_folder.parent.glob(f".{fp32_folder.name}.ovclip-tmp-*")), "no staging folder left behind"

@@ -19,6 +19,7 @@ from conftest import IMAGE, V_LAYERS
 from ovclip.data.datasets import LabeledImages, builtin_calibration
 from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig, preprocess
+from ovclip.progress import notes_to
 from ovclip.quantize import QuantizationConfig
 from ovclip.quantize.pipeline import quantize_deployment
 from ovclip.quantize.stitch import stitch
@@ -41,7 +42,7 @@ def calibration() -> LabeledImages:
 def int8(tiny_ckpt, calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "int8"
     logs: list[str] = []
-    manifest = quantize_deployment(tiny_ckpt, out, calibration, CFG, early_exit=None, log=logs.append)
+    manifest = quantize_deployment(tiny_ckpt, out, calibration, CFG, early_exit=None, progress=notes_to(logs.append))
     return out, manifest, logs
 
 
@@ -185,10 +186,14 @@ def test_recorded_cosine_is_the_written_model(int8, fp32_folder, calibration):
     The held-out images are, as quantize_deployment documents, the calibration rows after the first
     `subset_size` of a permutation seeded with `cfg.seed`. Equality (to float noise) shows the folder holds
     the chosen trial's stages, not the last one tried: the grid is ordered (0.5, off) because 0.5 wins here
-    (0.99987 vs 0.99982), so writing the last trial would miss by ~5e-5, 20x the tolerance.
+    (0.99987 vs 0.99982), so writing the last trial would miss by ~5e-5, 20x the tolerance; both facts are
+    asserted, so the test cannot pass vacuously if NNCF one day ranks them the other way.
     """
     folder, manifest, _ = int8
     qz = manifest["quantization"]
+    first, last = qz["auto_trials"]
+    assert qz["smooth_quant_alpha"] == first["alpha"] == 0.5
+    assert first["mean_cosine_to_fp32"] - last["mean_cosine_to_fp32"] > 10 * 2e-6
     order = np.random.default_rng(CFG.seed).permutation(len(calibration))
     held = calibration.pixels(np.sort(order[SUBSET : SUBSET + HOLDOUT]), PreprocessConfig(size=IMAGE))
     q, f = Deployment(folder), Deployment(fp32_folder)
@@ -230,19 +235,21 @@ def test_stitch_of_nothing_is_an_error():
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"subset_size": 0}, ["--subset-size", "0"]),
-        ({"smooth_quant_alpha": 1.5}, ["--smooth-quant", "1.5"]),
-        ({"smooth_quant_alpha": 0.0}, ["--smooth-quant"]),
-        ({"smooth_quant_alpha": "sometimes"}, ["--smooth-quant", "sometimes"]),
-        ({"text": "int4"}, ["--text", "int4"]),
-        ({"target_device": "TPU"}, ["--target-device", "TPU"]),
+        ({"subset_size": 0}, ["subset_size=0", "at least 1"]),
+        ({"smooth_quant_alpha": 1.5}, ["smooth_quant_alpha=1.5", "(0, 1]"]),
+        ({"smooth_quant_alpha": 0.0}, ["smooth_quant_alpha=0.0"]),
+        ({"smooth_quant_alpha": "sometimes"}, ["smooth_quant_alpha='sometimes'"]),
+        ({"text": "int4"}, ["text='int4'", "int8, fp16, fp32"]),
+        ({"target_device": "TPU"}, ["target_device='TPU'", "ANY, CPU, GPU, NPU"]),
     ],
 )
 def test_bad_config_is_refused_with_a_message(kwargs, words):
+    """Messages name the API parameter (the CLI rewrites the names in `params` as its flags)."""
     with pytest.raises(OvclipError) as err:
         QuantizationConfig(**kwargs)
     for w in words:
         assert w in str(err.value)
+    assert err.value.params == tuple(kwargs)
 
 
 @pytest.mark.parametrize(("text", "alpha"), [("auto", "auto"), ("off", None), ("none", None), ("0.6", 0.6)])
@@ -251,18 +258,18 @@ def test_parse_alpha(text, alpha):
 
 
 def test_parse_alpha_refuses_words():
-    with pytest.raises(OvclipError, match="--smooth-quant 'half'"):
+    with pytest.raises(OvclipError, match="smooth_quant_alpha='half'"):
         QuantizationConfig.parse_alpha("half")
 
 
 def test_auto_needs_enough_calibration_images(tiny_ckpt, calibration, tmp_path):
     small = calibration.subset(np.arange(SUBSET + 10))
     with pytest.raises(OvclipError, match=f"at least {SUBSET + 50} calibration images"):
-        quantize_deployment(tiny_ckpt, tmp_path / "q", small, CFG, log=lambda m: None)
+        quantize_deployment(tiny_ckpt, tmp_path / "q", small, CFG)
     assert not (tmp_path / "q").exists()
 
 
 def test_empty_calibration_set_is_refused(tiny_ckpt, calibration, tmp_path):
     empty = calibration.subset(np.arange(0))
     with pytest.raises(OvclipError, match="calibration set is empty"):
-        quantize_deployment(tiny_ckpt, tmp_path / "q", empty, CFG, log=lambda m: None)
+        quantize_deployment(tiny_ckpt, tmp_path / "q", empty, CFG)

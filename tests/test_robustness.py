@@ -602,11 +602,15 @@ def test_encode_nothing_is_an_error(dep):
 
 
 def test_deployment_survives_folder_swap(tiny, fp32, tmp_path):
-    """A pipeline holds a Deployment while a new export replaces its folder: it keeps serving the old model."""
+    """A pipeline holds a Deployment while a new export replaces its folder: it keeps serving the old model.
+
+    The new folder holds another model (other random weights, another split), so serving the new files by
+    mistake would change the embeddings far beyond the tolerance."""
     from ovclip.checkpoint import load_checkpoint
     from ovclip.export import ExportOptions, export_deployment
 
-    ckpt = load_checkpoint(str(tiny[0]))
+    save_tiny_clip(tmp_path / "other-clip", seed=1)
+    ckpt = load_checkpoint(str(tmp_path / "other-clip"))
     folder = tmp_path / "dep"
     shutil.copytree(fp32, folder)  # split after block 3 (the default for 4 blocks)
     assert [s["blocks"] for s in json.loads((folder / "manifest.json").read_text())["vision"]["stages"]] == [
@@ -616,5 +620,7 @@ def test_deployment_survives_folder_swap(tiny, fp32, tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
     dep = Deployment(folder)
     before = Deployment(folder).run_vision(x).embeddings
-    export_deployment(ckpt, folder, ExportOptions(exits="1,2", overwrite=True))  # same weights, another split
+    export_deployment(ckpt, folder, ExportOptions(exits="1,2", overwrite=True))  # other weights, another split
     np.testing.assert_allclose(dep.run_vision(x).embeddings, before, atol=1e-5)
+    swapped = Deployment(folder).run_vision(x).embeddings  # the folder on disk now holds the other model
+    assert np.abs(swapped - before).max() > 0.1

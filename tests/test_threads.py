@@ -27,7 +27,7 @@ from ovclip.exits.heads import SSAHead, export_head
 from ovclip.folder import write_manifest
 from ovclip.policy.rules import ExitPolicy, confidence_features
 from ovclip.runtime import Deployment
-from ovclip.runtime.deployment import l2n
+from ovclip.vectors import l2_normalize
 
 THREADS, ROUNDS, N_IMAGES, SIZES = 4, 3, 48, (1, 3, 8)
 EXITS = [2, 3]  # a 4-block tower cut after blocks 2 and 3: three stages, two exit heads
@@ -92,7 +92,7 @@ def early_exit(plain, images, tmp_path_factory) -> Path:
             h = dep.infer(stage["file"], h)[0]
             end = stage["blocks"][1]
             if end in EXITS:
-                e = l2n(dep.infer(heads[end], h)[0])
+                e = l2_normalize(dep.infer(heads[end], h)[0])
                 head_emb[end].append(e[0])
                 conf[end].append(confidence_features(dep.logit_scale * e @ classes.T)[0][0])
     tau_c2, gap_c2 = _gap_threshold(np.array(conf[2]))

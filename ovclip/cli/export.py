@@ -164,13 +164,15 @@ def quantize(
     )
     ee = None
     if not no_exits:
-        from ovclip.exits.build import ExitBuildConfig
+        from ovclip.data.prompts import template_set_of
+        from ovclip.exits.config import ExitBuildConfig
 
         ee = ExitBuildConfig(
             flops_budget=flops_budget,
             max_drop=max_drop,
             placement="auto" if exits == "auto" else "fixed",
             gate_features=gate_features,
+            templates=template_set_of(calibration),
         )
         exits = None if exits == "auto" else exits
     elif flops_budget is not None or max_drop is not None or gate_features != "paper":
@@ -189,9 +191,18 @@ def quantize(
             f"[yellow]skipped {len(data.skipped)} unreadable calibration images (first: {data.skipped[0][0]}: "
             f"{data.skipped[0][1]})[/]"
         )
-    m = quantize_deployment(
-        ckpt, out, data, cfg, exits=exits, static_batch=static_batch, overwrite=overwrite, early_exit=ee, log=log
-    )
+    with progress_bars() as progress:
+        m = quantize_deployment(
+            ckpt,
+            out,
+            data,
+            cfg,
+            exits=exits,
+            static_batch=static_batch,
+            overwrite=overwrite,
+            early_exit=ee,
+            progress=progress,
+        )
     policy = m.get("exit_policy")
     extra = f", early exit at blocks {policy['exits']} ({policy['rule']})" if policy else ""
     log(f"wrote {out} (INT8 in {m['quantization']['seconds']} s{extra})")

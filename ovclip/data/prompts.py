@@ -1,17 +1,29 @@
-"""Zero-shot prompts: templates x class names, and the prompt ensemble CLIP uses.
+"""Zero-shot prompts: which templates, templates x class names, and the prompt ensemble CLIP uses.
 
-Ensembling (Radford et al. 2021): normalise each template's text embedding, average over templates,
-normalise the mean again; the result is one class embedding per class.
+- Template sets are chosen by name (`prompt_templates("fashion-mnist")`), never guessed from a data set's
+  description; `template_set_of` maps a `--data`/`--calibration` spec (builtin, fashion-mnist:..., a folder).
+- A template is filled in one way: `{}` replaced by the class's prompt name (plain substitution, not
+  `str.format`, so names and templates may hold other braces).
+- Ensembling (Radford et al. 2021): normalise each template's text embedding, average over templates,
+  normalise the mean again; the result is one class embedding per class.
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import numpy as np
 
 from ovclip.data.builtin import builtin_template_sets
 from ovclip.errors import OvclipError
+from ovclip.vectors import l2_normalize
 
 PLACEHOLDER = "{}"
+# "fashion-mnist": the shipped evaluation templates the built-in model was trained and measured with;
+# "generic": photo templates for any other image set.
+TemplateSet = Literal["fashion-mnist", "generic"]
+TEMPLATE_SETS: tuple[str, ...] = get_args(TemplateSet)
+GENERIC_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}."]
 
 
 def builtin_templates(kind: str = "eval") -> list[str]:
@@ -22,11 +34,24 @@ def builtin_templates(kind: str = "eval") -> list[str]:
     return sets[kind]
 
 
-def class_prompts(prompt_names: list[str], templates: list[str]) -> list[list[str]]:
-    """prompts[c][t] = templates[t] with `{}` replaced by prompt_names[c].
+def prompt_templates(kind: TemplateSet) -> list[str]:
+    """The zero-shot templates of the named set."""
+    if kind == "fashion-mnist":
+        return builtin_templates("eval")
+    if kind == "generic":
+        return list(GENERIC_TEMPLATES)
+    raise OvclipError(f"templates={kind!r}: choose one of {', '.join(TEMPLATE_SETS)}", params="templates")
 
-    Plain substitution, not `str.format`, so names and templates may hold other braces.
-    """
+
+def template_set_of(data_spec: str | None) -> TemplateSet:
+    """The template set for a data spec as the CLI takes it: the built-in sets (also the default, None) and
+    Fashion-MNIST splits -> "fashion-mnist"; anything else (an image folder) -> "generic"."""
+    spec = (data_spec or "builtin").lower()
+    return "fashion-mnist" if spec.startswith(("builtin", "fashion-mnist")) else "generic"
+
+
+def class_prompts(prompt_names: list[str], templates: list[str]) -> list[list[str]]:
+    """prompts[c][t] = templates[t] with `{}` replaced by prompt_names[c]."""
     if not templates:
         raise OvclipError("no prompt templates given; pass at least one template holding '{}'")
     for t in templates:
@@ -35,21 +60,23 @@ def class_prompts(prompt_names: list[str], templates: list[str]) -> list[list[st
     return [[t.replace(PLACEHOLDER, name) for t in templates] for name in prompt_names]
 
 
-def _normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, np.finfo(x.dtype).tiny)
+def all_prompts(prompt_names: list[str], templates: list[str]) -> list[str]:
+    """`class_prompts` flattened class by class: every template of class 0, then of class 1, ... (the order
+    `ensemble` expects once the text embeddings are reshaped to (classes, templates, dim))."""
+    return [p for per_class in class_prompts(prompt_names, templates) for p in per_class]
 
 
 def ensemble(embeddings: np.ndarray) -> np.ndarray:
     """(C, T, D) text embeddings -> (C, D) unit-norm class embeddings (mean of unit vectors, renormalised).
 
-    Computed in float64; returned as float32 (or float64 when given float64).
+    Computed in the embeddings' dtype (float32 from the text IR), so the exit calibration and the runtime
+    get the same class embeddings bit for bit.
     """
     e = np.asarray(embeddings)
     if e.ndim != 3 or 0 in e.shape:
         raise OvclipError(f"ensemble expects embeddings of shape (classes, templates, dim); got {e.shape}")
     if not np.all(np.isfinite(e)):
         raise OvclipError("ensemble: text embeddings hold NaN or infinity")
-    out_dtype = np.float64 if e.dtype == np.float64 else np.float32
-    mean = _normalise(e.astype(np.float64)).mean(axis=1)
-    return _normalise(mean).astype(out_dtype)
+    if not np.issubdtype(e.dtype, np.floating):
+        e = e.astype(np.float32)
+    return l2_normalize(l2_normalize(e).mean(axis=1))

@@ -1,5 +1,5 @@
 """Per-exit thresholds chosen on calibration data: most accurate under a FLOPs budget, or fastest whose
-accuracy drop against full depth stays below D with 95% confidence."""
+accuracy drop against full depth stays below D with 95% confidence (the two `Objective`s)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,30 @@ import numpy as np
 from ovclip.policy.cascade import Trace, evaluate
 
 Thresholds = dict[int, float | None]
+
+
+@dataclass(frozen=True)
+class FlopsBudget:
+    """The most accurate thresholds whose mean FLOPs stay within `fraction` of full depth."""
+
+    fraction: float
+
+    def record(self) -> dict:
+        return {"flops_budget": self.fraction}
+
+
+@dataclass(frozen=True)
+class MaxDrop:
+    """The fewest FLOPs whose accuracy drop against full depth stays below `points` at `confidence`."""
+
+    points: float
+    confidence: float = 0.95
+
+    def record(self) -> dict:
+        return {"max_drop_points": self.points, "confidence": self.confidence}
+
+
+Objective = FlopsBudget | MaxDrop
 
 
 def grid(scores: np.ndarray, points: int = 25) -> list[float | None]:
@@ -165,3 +189,10 @@ def for_max_drop(
         return (-round(fl, 3), acc)
 
     return _search(trace, grids, key)
+
+
+def choose_thresholds(trace: Trace, grids: dict[int, list], objective: Objective) -> tuple[Thresholds, float, float]:
+    """The thresholds `objective` asks for: (thresholds, accuracy, mean FLOPs) on `trace`."""
+    if isinstance(objective, MaxDrop):
+        return for_max_drop(trace, grids, objective.points / 100, objective.confidence)
+    return for_budget(trace, grids, objective.fraction)

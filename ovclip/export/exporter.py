@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 import openvino as ov
 import torch
@@ -20,24 +19,29 @@ from ovclip.tokenizer import write_tokenizer
 if TYPE_CHECKING:
     from ovclip.checkpoint import LoadedCheckpoint
 
-PRECISIONS = ("fp32", "fp16")
+Precision = Literal["fp32", "fp16"]  # weights as stored in the IR: fp32, or fp16 (compressed)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
 class ExportOptions:
     exits: str | list[int] | None = None  # None: the paper's exits, scaled to the depth
-    precision: str = "fp32"  # weights as stored in the IR: fp32, or fp16 (compressed)
+    precision: Precision = "fp32"
     static_batch: int | None = None  # NPU needs static shapes; None keeps the batch dynamic
     overwrite: bool = False
 
 
 @dataclass(frozen=True)
 class VisionGeometry:
+    """The vision tower's shapes, read from a checkpoint's config: what the IR inputs, FLOPs counts and exit
+    heads are sized by."""
+
     num_layers: int
     hidden_size: int
+    intermediate_size: int
     image_size: int
     patch_size: int
-    tokens: int
+    tokens: int  # patch tokens + the class token
     embedding_dim: int
 
     @classmethod
@@ -45,8 +49,25 @@ class VisionGeometry:
         vc = clip.config.vision_config
         patches = (vc.image_size // vc.patch_size) ** 2
         return cls(
-            vc.num_hidden_layers, vc.hidden_size, vc.image_size, vc.patch_size, patches + 1, clip.config.projection_dim
+            num_layers=vc.num_hidden_layers,
+            hidden_size=vc.hidden_size,
+            intermediate_size=vc.intermediate_size,
+            image_size=vc.image_size,
+            patch_size=vc.patch_size,
+            tokens=patches + 1,
+            embedding_dim=clip.config.projection_dim,
         )
+
+    def record(self) -> dict[str, int]:
+        """The manifest's `vision` shape fields (also what `ovclip.policy.flops` reads)."""
+        return {
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "tokens": self.tokens,
+        }
 
 
 def _name(model: ov.Model, input_name: str, output_name: str) -> ov.Model:
@@ -115,12 +136,7 @@ def base_manifest(ckpt: LoadedCheckpoint, exits: list[int], static_batch: int | 
         "logit_scale": float(math.exp(float(clip.logit_scale.detach()))),
         "embedding_dim": geo.embedding_dim,
         "vision": {
-            "num_layers": geo.num_layers,
-            "hidden_size": geo.hidden_size,
-            "intermediate_size": clip.config.vision_config.intermediate_size,
-            "image_size": geo.image_size,
-            "patch_size": geo.patch_size,
-            "tokens": geo.tokens,
+            **geo.record(),
             "exits": exits,
             "stages": stage_records(stage_bounds(geo.num_layers, exits), geo.num_layers),
         },
@@ -137,9 +153,9 @@ def write_common(folder: Path, ckpt: LoadedCheckpoint) -> None:
 def export_deployment(ckpt: LoadedCheckpoint, out: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
     """Write an FP32/FP16 deployment folder for `ckpt` into `out` (atomically)."""
     if options.precision not in PRECISIONS:
-        raise OvclipError(f"--precision {options.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise OvclipError(f"precision={options.precision!r}: choose one of {', '.join(PRECISIONS)}", params="precision")
     if options.static_batch is not None and options.static_batch < 1:
-        raise OvclipError(f"--static-batch {options.static_batch}: must be a positive batch size")
+        raise OvclipError(f"static_batch={options.static_batch}: must be a positive batch size", params="static_batch")
     clip = ckpt.model.eval()
     geo = VisionGeometry.of(clip)
     exits = parse_exits(options.exits, geo.num_layers)
@@ -155,7 +171,3 @@ def export_deployment(ckpt: LoadedCheckpoint, out: str | Path, options: ExportOp
         data["vision"]["precision"] = options.precision
         manifest = write_manifest(tmp, data)
     return Manifest(Path(out).absolute(), manifest.data)
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(path.read_text())

@@ -26,11 +26,15 @@ def parse_exits(spec: str | Sequence[int] | None, num_layers: int) -> list[int]:
         try:
             spec = [int(s) for s in spec.replace(" ", "").split(",") if s]
         except ValueError:
-            raise OvclipError(f"--exits {spec!r}: give block numbers like 8,10,11, 'default' or 'none'") from None
+            raise OvclipError(
+                f"exits={spec!r}: give block numbers like 8,10,11, 'default' or 'none'", params="exits"
+            ) from None
     exits = sorted(set(int(e) for e in spec))
     bad = [e for e in exits if not 1 <= e < num_layers]
     if bad:
-        raise OvclipError(f"--exits {bad}: exit blocks must lie in 1..{num_layers - 1} for a {num_layers}-block tower")
+        raise OvclipError(
+            f"exits={bad}: exit blocks must lie in 1..{num_layers - 1} for a {num_layers}-block tower", params="exits"
+        )
     return exits
 
 

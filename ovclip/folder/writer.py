@@ -18,13 +18,14 @@ def check_target(out: str | Path, *, overwrite: bool = False) -> Path:
     """Refuse a target folder that may not be written (called again when writing; cheap to call early)."""
     out = Path(out).absolute()
     if out.exists() and not overwrite:
-        raise OvclipError(f"{out} already exists; pass --overwrite to replace it")
+        raise OvclipError(f"{out} already exists; pass `overwrite` to replace it", params="overwrite")
     if out.exists() and not out.is_dir():
-        raise OvclipError(f"{out} exists and is not a folder; choose another --out")
+        raise OvclipError(f"{out} exists and is not a folder; choose another `out`", params="out")
     if out.exists() and not _replaceable(out):
         raise OvclipError(
             f"{out} is not an ovclip deployment folder (no ovclip manifest.json, and files other than IR/JSON); "
-            "--overwrite replaces only deployment folders: choose another --out or remove it yourself"
+            "`overwrite` replaces only deployment folders: choose another `out` or remove it yourself",
+            params=("overwrite", "out"),
         )
     return out
 
@@ -60,7 +61,7 @@ def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path
 
 
 def _replaceable(folder: Path) -> bool:
-    """--overwrite may delete `folder` only if it is empty, holds an ovclip manifest, or holds nothing but
+    """`overwrite` may delete `folder` only if it is empty, holds an ovclip manifest, or holds nothing but
     IR and JSON files (a deployment folder whose manifest is damaged): never a folder of other files."""
     from ovclip.folder.manifest import FORMAT, MANIFEST
 

@@ -12,13 +12,15 @@ A threshold of ``None`` means "never exit here".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
 import numpy as np
 
 from ovclip.errors import OvclipError
 
-RULES = ("gate", "confidence", "agreement")
+Rule = Literal["gate", "confidence", "agreement"]
+RULES: tuple[Rule, ...] = get_args(Rule)
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -129,9 +131,9 @@ class Gate:
 
 @dataclass
 class ExitPolicy:
-    rule: str
+    rule: Rule
     exits: list[int]
-    heads: dict[int, str]
+    heads: dict[int, str]  # exit -> head IR file in the deployment folder (named by the folder's writer)
     thresholds: dict[int, float | None]
     gates: dict[int, Gate] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # how it was calibrated, figures measured then
@@ -190,7 +192,11 @@ class ExitPolicy:
         return self.score(layer, scores, sav, prev, emb, prev_scores) >= tau
 
     def with_thresholds(self, thresholds: dict[int, float | None]) -> ExitPolicy:
-        return ExitPolicy(self.rule, self.exits, self.heads, dict(thresholds), self.gates, self.info)
+        return replace(self, thresholds=dict(thresholds))
+
+    def with_heads(self, heads: dict[int, str]) -> ExitPolicy:
+        """The same policy reading its exit heads from the files `heads` names."""
+        return replace(self, heads=dict(heads))
 
     def to_dict(self) -> dict:
         return {

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import numpy as np
 import openvino as ov
 
+from ovclip.ir import compile_f32, run_batched
+from ovclip.progress import Progress, advance
 from ovclip.quantize.config import QuantizationConfig
-from ovclip.runtime.device import compile_model
 
 
 def _nncf():
@@ -41,32 +41,22 @@ def quantize_model(model: ov.Model, items: list[np.ndarray], cfg: QuantizationCo
     )
 
 
-def run_batched(compiled: ov.CompiledModel, x: np.ndarray, batch: int = 32) -> np.ndarray:
-    req = compiled.create_infer_request()
-    return np.concatenate([np.array(req.infer({0: x[i : i + batch]})[0]) for i in range(0, len(x), batch)])
-
-
-def f32_compile(model: ov.Model) -> ov.CompiledModel:
-    return compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-
-
 def quantize_stages(
     stages: list[ov.Model],
     pixels: np.ndarray,
     cfg: QuantizationConfig,
     alpha: float | None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[ov.Model]:
     """Quantize every vision stage; stage k is calibrated on INT8 stage k-1's real outputs."""
     out: list[ov.Model] = []
     x = pixels
     for k, stage in enumerate(stages):
-        if progress:
-            progress(f"stage {k + 1}/{len(stages)}")
         q = quantize_model(stage, [x[i : i + 1] for i in range(len(x))], cfg, alpha)
+        advance(progress, "NNCF INT8, stage by stage", (k + 1) / len(stages))
         out.append(q)
         if k + 1 < len(stages):
-            x = run_batched(f32_compile(q), x)
+            x = run_batched(compile_f32(q), x)
     return out
 
 

@@ -1,74 +1,48 @@
-"""`ovclip quantize`: checkpoint -> FP32 IR (in memory) -> NNCF INT8 stages -> deployment folder."""
+"""`ovclip quantize`: checkpoint -> FP32 IR (in memory) -> NNCF INT8 stages (+ early exit) -> deployment folder.
+
+This module is the only writer of an INT8 deployment folder: the exit calibration (`ovclip.exits.build`)
+returns heads and policies, and they are saved here with the stages, the text tower and the manifest.
+"""
 
 from __future__ import annotations
 
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import openvino as ov
 
+from ovclip.data.prompts import all_prompts, builtin_templates
 from ovclip.errors import OvclipError
-from ovclip.export.exporter import (
-    base_manifest,
-    convert_text,
-    convert_vision_stage,
-    vision_stage_files,
-    write_common,
-)
+from ovclip.exits.build import ExitBuild, ExitBuildConfig, build_exits
+from ovclip.export.exporter import base_manifest, vision_stage_files, write_common
+from ovclip.export.float_tower import FloatTower
 from ovclip.export.stages import parse_exits, stage_bounds
-from ovclip.folder import Manifest, staging_folder, write_manifest
+from ovclip.folder import Manifest, check_target, staging_folder, write_manifest
+from ovclip.ir import compile_f32, run_batched
+from ovclip.progress import Progress, note
 from ovclip.quantize.config import QuantizationConfig
-from ovclip.quantize.nncf_stages import count_int8, f32_compile, quantize_model, quantize_stages, run_batched
+from ovclip.quantize.nncf_stages import count_int8, quantize_model, quantize_stages
 from ovclip.quantize.stitch import stitch
+from ovclip.vectors import l2_normalize
 
 if TYPE_CHECKING:
     from ovclip.checkpoint import LoadedCheckpoint
     from ovclip.data.datasets import LabeledImages
 
-
-@dataclass
-class FloatTower:
-    """The FP32 vision tower of a checkpoint as one IR per block (block 1 holds the stem, the last block
-    CLIP's pooling and projection), and the text tower."""
-
-    stages: list[ov.Model]
-    text: ov.Model
-
-    @classmethod
-    def convert(cls, ckpt: LoadedCheckpoint, static_batch: int | None = None) -> FloatTower:
-        n = ckpt.model.config.vision_config.num_hidden_layers
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            blocks = [convert_vision_stage(ckpt.model, i, i + 1, static_batch) for i in range(n)]
-            text = convert_text(ckpt.model, static_batch)
-        return cls(blocks, text)
-
-    def activations(self, pixels: np.ndarray) -> list[np.ndarray]:
-        """Output of every stage on `pixels`, in FP32."""
-        outs, x = [], pixels
-        for s in self.stages:
-            x = run_batched(f32_compile(s), x)
-            outs.append(x)
-        return outs
-
-
-def _l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+MIN_ALPHA_HOLDOUT = 50  # held-out images below which `smooth_quant_alpha="auto"` cannot choose
 
 
 def embedding_cosine(stages: list[ov.Model], pixels: np.ndarray, reference: np.ndarray) -> float:
     x = pixels
     for s in stages:
-        x = run_batched(f32_compile(s), x)
-    return float(np.mean(np.sum(_l2n(x) * _l2n(reference), axis=1)))
+        x = run_batched(compile_f32(s), x)
+    return float(np.mean(np.sum(l2_normalize(x) * l2_normalize(reference), axis=1)))
 
 
 def choose_alpha(
-    tower: FloatTower, calib: np.ndarray, held: np.ndarray, cfg: QuantizationConfig, log
+    tower: FloatTower, calib: np.ndarray, held: np.ndarray, cfg: QuantizationConfig, progress: Progress | None = None
 ) -> tuple[float | None, list[ov.Model], list[dict]]:
     """SmoothQuant alpha: the configured one, or under 'auto' the one whose INT8 embeddings are closest
     (mean cosine) to FP32 on held-out calibration images; returns it, its stages and the trials."""
@@ -82,11 +56,28 @@ def choose_alpha(
         stages = quantize_stages(tower.stages, calib, cfg, alpha)
         cos = embedding_cosine(stages, held, reference)
         trials.append({"alpha": alpha, "mean_cosine_to_fp32": cos})
-        log(f"SmoothQuant alpha {alpha if alpha is not None else 'off'}: mean cosine to FP32 {cos:.5f}")
+        note(progress, f"SmoothQuant alpha {alpha if alpha is not None else 'off'}: mean cosine to FP32 {cos:.5f}")
         if best is None or cos > best[0]:
             best = (cos, alpha, stages)
     assert best is not None
     return best[1], best[2], trials
+
+
+def calibration_subsets(n: int, cfg: QuantizationConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Rows NNCF collects statistics on, and the held-out rows 'auto' picks the alpha on (seeded, disjoint)."""
+    if n < 1:
+        raise OvclipError("the calibration set is empty")
+    need = cfg.subset_size + (cfg.auto_holdout if cfg.smooth_quant_alpha == "auto" else 0)
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    calib_idx = np.sort(order[: min(cfg.subset_size, len(order))])
+    held_idx = np.sort(order[len(calib_idx) : need])
+    if cfg.smooth_quant_alpha == "auto" and len(held_idx) < MIN_ALPHA_HOLDOUT:
+        raise OvclipError(
+            f"smooth_quant_alpha='auto' needs at least {cfg.subset_size + MIN_ALPHA_HOLDOUT} calibration images "
+            f"(have {n}); give a number or None, or a larger `calibration` set",
+            params=("smooth_quant_alpha", "calibration"),
+        )
+    return calib_idx, held_idx
 
 
 def quantize_deployment(
@@ -98,71 +89,61 @@ def quantize_deployment(
     exits: str | list[int] | None = None,
     static_batch: int | None = None,
     overwrite: bool = False,
-    early_exit=None,
-    log=print,
+    early_exit: ExitBuildConfig | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
-    """Write an INT8 deployment folder; `early_exit` (an ExitBuildConfig) adds heads, gates and a policy."""
+    """Write an INT8 deployment folder; `early_exit` adds exit heads, gates and a calibrated exit policy."""
     t0 = time.time()
     n_layers = ckpt.model.config.vision_config.num_hidden_layers
     exit_list = parse_exits(exits, n_layers)
-    need = cfg.subset_size + (cfg.auto_holdout if cfg.smooth_quant_alpha == "auto" else 0)
-    if len(calibration) < 1:
-        raise OvclipError("the calibration set is empty")
-    rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(calibration))
-    calib_idx = np.sort(order[: min(cfg.subset_size, len(order))])
-    held_idx = np.sort(order[len(calib_idx) : need])
-    if cfg.smooth_quant_alpha == "auto" and len(held_idx) < 50:
-        raise OvclipError(
-            f"--smooth-quant auto needs at least {cfg.subset_size + 50} calibration images (have {len(calibration)}); "
-            "give a number or 'off', or a larger --calibration set"
-        )
-    pcfg = ckpt.preprocess
-    log(f"calibration: {len(calib_idx)} images for NNCF statistics from {calibration.source}")
-    calib_px = calibration.pixels(calib_idx, pcfg)
-    held_px = calibration.pixels(held_idx, pcfg) if len(held_idx) else calib_px[:0]
+    check_target(out, overwrite=overwrite)
+    calib_idx, held_idx = calibration_subsets(len(calibration), cfg)
+    note(progress, f"calibration: {len(calib_idx)} images for NNCF statistics from {calibration.source}")
+    calib_px = calibration.pixels(calib_idx, ckpt.preprocess)
+    held_px = calibration.pixels(held_idx, ckpt.preprocess) if len(held_idx) else calib_px[:0]
     tower = FloatTower.convert(ckpt, static_batch)
-    alpha, q_blocks, trials = choose_alpha(tower, calib_px, held_px, cfg, log)
-    log(f"SmoothQuant alpha used: {alpha if alpha is not None else 'off'}")
+    alpha, q_blocks, trials = choose_alpha(tower, calib_px, held_px, cfg, progress)
+    note(progress, f"SmoothQuant alpha used: {alpha if alpha is not None else 'off'}")
     text_model = tower.text
     if cfg.text == "int8":
-        prompts = _text_calibration(ckpt, calibration)
+        prompts = ckpt.tokenizer(all_prompts(calibration.prompt_names, builtin_templates("train")))
         text_model = quantize_model(tower.text, [prompts[i : i + 1] for i in range(len(prompts))], cfg, None)
+    built = None
+    if early_exit is not None:
+        built = build_exits(ckpt, tower, q_blocks, calibration, early_exit, exits=exits, progress=progress)
+        exit_list = built.exits
+    q_stages = [stitch(q_blocks[a:b], f"vision_stage{k}") for k, (a, b) in enumerate(stage_bounds(n_layers, exit_list))]
+    data = base_manifest(ckpt, exit_list, static_batch)
+    data["variant"] = "int8"
+    data["vision"]["precision"] = "int8"
+    data["text"]["precision"] = cfg.text
+    data["quantization"] = {
+        "tool": "nncf",
+        "config": cfg.as_dict(),
+        "smooth_quant_alpha": alpha,
+        "auto_trials": trials,
+        "calibration": {"source": calibration.source, "images": len(calib_idx), "held_out": len(held_idx)},
+        "int8_nodes": [count_int8(s) for s in q_stages],
+    }
     with staging_folder(out, overwrite=overwrite) as tmp:
-        policies: dict = {}
-        if early_exit is not None:
-            from ovclip.exits.build import build_exits
-
-            exit_list, policies = build_exits(
-                tmp, ckpt, tower, q_blocks, calibration, early_exit, exits=exits, skip=calib_idx, log=log
-            )
-        q_stages = [
-            stitch(q_blocks[a:b], f"vision_stage{k}") for k, (a, b) in enumerate(stage_bounds(n_layers, exit_list))
-        ]
         for f, st in zip(vision_stage_files(len(q_stages)), q_stages, strict=True):
             ov.save_model(st, tmp / f)
         ov.save_model(text_model, tmp / "text.xml", compress_to_fp16=cfg.text != "fp32")
+        if built is not None:
+            data |= write_exits(tmp, built)
         write_common(tmp, ckpt)
-        data = base_manifest(ckpt, exit_list, static_batch)
-        data["variant"] = "int8"
-        data["vision"]["precision"] = "int8"
-        data["text"]["precision"] = cfg.text
-        data["quantization"] = {
-            "tool": "nncf",
-            "config": cfg.as_dict(),
-            "smooth_quant_alpha": alpha,
-            "auto_trials": trials,
-            "calibration": {"source": calibration.source, "images": len(calib_idx), "held_out": len(held_idx)},
-            "int8_nodes": [count_int8(s) for s in q_stages],
-        }
-        data.update(policies)
         data["quantization"]["seconds"] = round(time.time() - t0, 1)
         manifest = write_manifest(tmp, data)
     return Manifest(Path(out).absolute(), manifest.data)
 
 
-def _text_calibration(ckpt: LoadedCheckpoint, calibration: LabeledImages) -> np.ndarray:
-    from ovclip.data.prompts import builtin_templates
-
-    prompts = [t.format(c) for c in calibration.prompt_names for t in builtin_templates("train")]
-    return ckpt.tokenizer(prompts)
+def write_exits(folder: Path, built: ExitBuild) -> dict:
+    """Save the exit heads as `exit_head_<block>.xml` (fp16 weights); the manifest entries naming them."""
+    files = {}
+    for layer, head in built.heads.items():
+        files[layer] = f"exit_head_{layer}.xml"
+        ov.save_model(head, folder / files[layer], compress_to_fp16=True)
+    return {
+        "exit_policy": built.policy.with_heads(files).to_dict(),
+        "exit_policy_embedding": built.embedding_policy.with_heads(files).to_dict(),
+    }

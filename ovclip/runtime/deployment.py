@@ -20,19 +20,22 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import openvino as ov
 from PIL import Image
 
-from ovclip.data.prompts import class_prompts
+from ovclip.data.prompts import all_prompts, ensemble
 from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest
+from ovclip.ir import compile_model, read_model
 from ovclip.policy.rules import ExitPolicy
 from ovclip.preprocess import PreprocessConfig, preprocess
-from ovclip.runtime.device import check_device, compile_config, compile_model, executed_precision
+from ovclip.runtime.device import check_device, compile_config, executed_precision
 from ovclip.runtime.exit_graph import exit_graph
 from ovclip.tokenizer import ClipTokenizer
+from ovclip.vectors import l2_normalize
 
 
 @dataclass
@@ -44,21 +47,10 @@ class VisionOutput:
 
 CLASS_CACHE_SIZE = 64  # label sets whose text embeddings are kept
 GRAPH_CACHE_SIZE = 8  # compiled one-graph policies kept (a policy passed at run time compiles its own)
-RUNTIMES = ("auto", "graph", "stages")
-
-
-def _read_model(path: Path) -> ov.Model:
-    from ovclip.runtime.device import core
-
-    try:
-        return core().read_model(str(path))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OvclipError(f"{path}: OpenVINO cannot read this IR ({first}); re-export the folder") from None
-
-
-def l2n(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+# "graph": one OpenVINO graph per exit policy (dynamic shapes); "stages": stage by stage from Python (any
+# device); "auto": the graph where the device can build and compile it, else stages.
+Runtime = Literal["auto", "graph", "stages"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
 class Deployment:
@@ -71,20 +63,25 @@ class Deployment:
         inference_precision: str | None = "f32",
         verify: bool = True,
         streams: int | None = None,
-        runtime: str = "auto",
+        runtime: Runtime = "auto",
+        cache_dir: str | Path | None = "default",
     ):
+        """`cache_dir`: OpenVINO's model cache (CACHE_DIR) — "default" caches on the devices where compiling is
+        slow (`ovclip.runtime.device.cache_dir_for`), None switches it off, a path caches there."""
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder, verify=verify)
         self.device = check_device(device)
         cpu = self.device.upper().startswith("CPU")
-        self._config = compile_config(self.device, hint, inference_precision if cpu else None, streams)
+        self._config = compile_config(self.device, hint, inference_precision if cpu else None, streams, cache_dir)
         self.vision = self.manifest.vision
         self.num_layers: int = self.vision["num_layers"]
         if runtime not in RUNTIMES:
-            raise OvclipError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+            raise OvclipError(f"runtime={runtime!r}: choose one of {', '.join(RUNTIMES)}", params="runtime")
         static = self.manifest.get("static_batch") is not None
         if runtime == "graph" and static:
-            raise OvclipError(f"{self.folder}: its IRs have a static batch; the one-graph runtime needs dynamic shapes")
+            raise OvclipError(
+                f"{self.folder}: its IRs have a static batch; runtime='graph' needs dynamic shapes", params="runtime"
+            )
         self.runtime = "stages" if runtime == "stages" or static else "graph"
         self._runtime_fallback = runtime == "auto"  # a device that cannot compile the one graph runs stages
         self._graphs: OrderedDict[str, ov.CompiledModel] = OrderedDict()
@@ -103,7 +100,7 @@ class Deployment:
         self._class_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         # Read every IR now: the files checked above are the ones that run, even if the folder is
         # replaced on disk while this object lives.
-        self._models = {f: _read_model(self.folder / f) for f in self._ir_files()}
+        self._models = {f: read_model(self.folder / f) for f in self._ir_files()}
 
     def _ir_files(self) -> list[str]:
         files = [s["file"] for s in self.vision["stages"]] + [self.manifest["text"]["file"]]
@@ -117,7 +114,7 @@ class Deployment:
         with self._lock:
             if file not in self._compiled:
                 if file not in self._models:  # an IR of a policy passed at run time
-                    self._models[file] = _read_model(self.folder / file)
+                    self._models[file] = read_model(self.folder / file)
                 self._compiled[file] = compile_model(self._models[file], self.device, self._config)
             return self._compiled[file]
 
@@ -163,6 +160,13 @@ class Deployment:
         graph = self._use_graph(None)
         return graph[1] if graph is not None else self.compiled(self.stage_files[0])
 
+    def compile_vision(self, policy: ExitPolicy | None = None) -> None:
+        """Compile now what `run_vision` runs with `policy` (None: full depth) instead of on its first call: the
+        one graph, or the stages and that policy's exit heads."""
+        if self._use_graph(policy) is None:
+            for f in self.stage_files + ([policy.head_file(e) for e in policy.exits] if policy else []):
+                self.compiled(f)
+
     def _use_graph(self, policy: ExitPolicy | None) -> tuple[str, ov.CompiledModel] | None:
         """The one-graph model for `policy`, or None where the stage path runs: static-batch folders,
         `runtime="stages"`, or (with `runtime="auto"`) a device that cannot build or compile the graph."""
@@ -179,25 +183,29 @@ class Deployment:
     # -- text --------------------------------------------------------------------------------------
     def encode_text(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
         """(N, E) L2-normalised text embeddings."""
+        return l2_normalize(self._text_outputs(texts, batch))
+
+    def _text_outputs(self, texts: Sequence[str], batch: int = 64) -> np.ndarray:
+        """(N, E) float32 text-tower outputs, not normalised."""
         if isinstance(texts, str):
             texts = [texts]
         if len(texts) == 0:
             raise OvclipError("no text to encode")
         file = self.manifest["text"]["file"]
         out = [self.infer(file, self.tokenizer(list(texts[i : i + batch])))[0] for i in range(0, len(texts), batch)]
-        return l2n(np.concatenate(out).astype(np.float32))
+        return np.concatenate(out).astype(np.float32)
 
     def class_embeddings(self, prompt_names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
-        """(C, E): per class, the mean of its normalised prompt embeddings over templates, renormalised."""
+        """(C, E): per class, the mean of its normalised prompt embeddings over templates, renormalised
+        (`ovclip.data.prompts.ensemble`)."""
         key = (tuple(prompt_names), tuple(templates))
         with self._lock:
             hit = self._class_cache.get(key)
             if hit is not None:
                 self._class_cache.move_to_end(key)
                 return hit
-        prompts = [p for per_class in class_prompts(list(prompt_names), list(templates)) for p in per_class]
-        emb = self.encode_text(prompts).reshape(len(prompt_names), len(templates), -1)
-        out = l2n(emb.mean(1))
+        prompts = all_prompts(list(prompt_names), list(templates))
+        out = ensemble(self._text_outputs(prompts).reshape(len(prompt_names), len(templates), -1))
         with self._lock:
             self._class_cache[key] = out
             while len(self._class_cache) > CLASS_CACHE_SIZE:
@@ -255,7 +263,7 @@ class Deployment:
             for e in policy.exits:
                 f = policy.head_file(e)
                 if f not in self._models:  # a policy passed at run time
-                    self._models[f] = _read_model(self.folder / f)
+                    self._models[f] = read_model(self.folder / f)
                 heads[e] = self._models[f].clone()
         model = exit_graph(stages, ends, heads, policy, int(self.manifest["embedding_dim"]))
         compiled = compile_model(model, self.device, self._config)
@@ -300,11 +308,11 @@ class Deployment:
             out = self.infer(stage["file"], h)[0]
             end = stage["blocks"][1]
             if end == self.num_layers:
-                embeddings[active] = l2n(out)
+                embeddings[active] = l2_normalize(out)
                 break
             if policy is not None and end in policy.exits:
                 head_emb, sav = self.infer(policy.head_file(end), out)[:2]
-                head_emb = l2n(head_emb)
+                head_emb = l2_normalize(head_emb)
                 scores = self.logit_scale * head_emb @ class_embeddings.T if class_embeddings is not None else None
                 leave = policy.decide(end, head_emb, sav.reshape(-1), scores, prev, prev_scores)
                 if leave.any():
@@ -343,10 +351,10 @@ def trace_vision(dep: Deployment, pixels: np.ndarray, policy: ExitPolicy) -> dic
         out = dep.infer(stage["file"], h)[0]
         end = stage["blocks"][1]
         if end == dep.num_layers:
-            final = l2n(out)
+            final = l2_normalize(out)
             break
         if end in policy.exits:
             emb, sav = dep.infer(policy.head_file(end), out)[:2]
-            heads[end] = (l2n(emb), sav.reshape(-1))
+            heads[end] = (l2_normalize(emb), sav.reshape(-1))
         h = np.ascontiguousarray(out)
     return {"heads": heads, "final": final}

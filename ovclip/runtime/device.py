@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 
 import openvino as ov
 import openvino.properties.hint as hints
 
 from ovclip.errors import OvclipError
+from ovclip.ir import compile_model, core
+
+__all__ = [
+    "available_devices",
+    "cache_dir_for",
+    "check_device",
+    "compile_config",
+    "compile_model",
+    "core",
+    "default_cache_dir",
+    "executed_precision",
+    "supports_bf16",
+]
 
 HINTS = {"throughput": hints.PerformanceMode.THROUGHPUT, "latency": hints.PerformanceMode.LATENCY}
 VIRTUAL = ("AUTO", "MULTI", "HETERO", "BATCH")
-
-
-@lru_cache(maxsize=1)
-def core() -> ov.Core:
-    return ov.Core()
 
 
 def available_devices() -> list[str]:
@@ -35,7 +42,7 @@ def _physical(device: str) -> list[str]:
 def check_device(device: str) -> str:
     """Return the device name, or raise one line naming the devices that are there."""
     if not device or not device.strip():
-        raise OvclipError("--device is empty; use CPU, GPU, NPU or AUTO")
+        raise OvclipError("`device` is empty; use CPU, GPU, NPU or AUTO", params="device")
     device = device.strip()
     here = available_devices()
     for d in _physical(device):
@@ -44,38 +51,56 @@ def check_device(device: str) -> str:
     return device
 
 
+# Devices whose compiled models are cached by default (OpenVINO's CACHE_DIR): GPU and NPU compile for tens of
+# seconds. CPU: measured in benchmarks/RESULTS.md ("Compile time and the model cache").
+CACHED_BY_DEFAULT = ("GPU", "NPU")
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("OVCLIP_CACHE_DIR", Path.home() / ".cache" / "ovclip" / "ov_cache"))
 
 
+def cache_dir_for(device: str, cache_dir: str | Path | None = "default") -> Path | None:
+    """The model cache folder compile_model gets: `cache_dir="default"` -> `default_cache_dir()` on the devices of
+    `CACHED_BY_DEFAULT` (any of them inside AUTO/MULTI/HETERO), else none; None -> no cache; a path -> that folder."""
+    if cache_dir is None:
+        return None
+    if cache_dir != "default":
+        return Path(cache_dir)
+    parts = [device, *_physical(device)]
+    if any(d.split(":")[0].split(".")[0].upper() in CACHED_BY_DEFAULT for d in parts):
+        return default_cache_dir()
+    return None
+
+
 def compile_config(
-    device: str, hint: str = "latency", precision: str | None = None, streams: int | None = None
+    device: str,
+    hint: str = "latency",
+    precision: str | None = None,
+    streams: int | None = None,
+    cache_dir: str | Path | None = "default",
 ) -> dict:
-    """Properties for compile_model: performance hint, CPU inference precision, model cache for GPU/NPU."""
+    """Properties for compile_model: performance hint, CPU inference precision, the model cache (`cache_dir_for`)."""
     if hint not in HINTS:
-        raise OvclipError(f"--hint {hint!r}: choose throughput or latency")
+        raise OvclipError(f"hint={hint!r}: choose throughput or latency", params="hint")
     cfg: dict = {hints.performance_mode: HINTS[hint]}
-    base = device.split(":")[0].split(".")[0].upper()
     if precision is not None:
         cfg[hints.inference_precision] = (
             ov.Type.f32 if precision == "f32" else ov.Type.bf16 if precision == "bf16" else ov.Type.f16
         )
     if streams is not None:
         cfg["NUM_STREAMS"] = str(streams)
-    if base in ("GPU", "NPU") or any(d.split(".")[0].upper() in ("GPU", "NPU") for d in _physical(device)):
-        cache = default_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
+    cache = cache_dir_for(device, cache_dir)
+    if cache is not None:
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OvclipError(
+                f"model cache folder {cache} cannot be created ({e.strerror or e}); pass another cache_dir or None",
+                params="cache_dir",
+            ) from None
         cfg["CACHE_DIR"] = str(cache)
     return cfg
-
-
-def compile_model(model: ov.Model | str | Path, device: str, config: dict) -> ov.CompiledModel:
-    try:
-        return core().compile_model(model if isinstance(model, ov.Model) else str(model), device, config)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        what = "the model" if isinstance(model, ov.Model) else model
-        raise OvclipError(f"OpenVINO could not compile {what} for {device}: {first}") from e
 
 
 def supports_bf16(device: str = "CPU") -> bool:

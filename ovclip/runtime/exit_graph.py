@@ -37,7 +37,7 @@ def _graft(model: ov.Model, source: ov.Output) -> list[ov.Output]:
     return [r.input_value(0) for r in model.get_results()]
 
 
-def _l2n(x: ov.Output) -> ov.Output:
+def _l2_normalize_op(x: ov.Output) -> ov.Output:
     norm = ops.sqrt(ops.reduce_sum(ops.multiply(x, x), np.array([1], np.int64), keep_dims=True))
     return ops.divide(x, ops.maximum(norm, np.float32(1e-12))).output(0)
 
@@ -148,12 +148,12 @@ def exit_graph(
     for k, (stage, end) in enumerate(zip(stages, stage_ends, strict=True)):
         h = stage.get_results()[0].input_value(0) if k == 0 else _graft(stage, h)[0]
         if end == num_layers:
-            embeddings = ops.scatter_update(embeddings, idx, _l2n(h), np.int64(0)).output(0)
+            embeddings = ops.scatter_update(embeddings, idx, _l2_normalize_op(h), np.int64(0)).output(0)
             break
         if end not in needed:
             continue
         emb, sav = _graft(heads[end], h)[:2]
-        emb = _l2n(emb)
+        emb = _l2_normalize_op(emb)
         scores = None if cls is None else ops.matmul(emb, cls, False, True).output(0)  # cls carries logit_scale
         if end not in live or (policy.rule == "agreement" and prev is None):
             prev, prev_scores = emb, scores  # no one leaves here; it seeds the next exit's comparison

@@ -1,0 +1,80 @@
+"""What the exit calibration is asked for: the objective its thresholds meet, where exits go, how gates and
+heads are fitted. One typed object from the caller (CLI or API) down to the threshold search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+
+from ovclip.data.prompts import TEMPLATE_SETS, TemplateSet
+from ovclip.errors import OvclipError
+from ovclip.exits.heads import HeadTrainConfig
+from ovclip.exits.thresholds import FlopsBudget, MaxDrop, Objective
+
+# "fixed": the given exits, or the default candidates thinned by INR pruning; "auto": every block from 2 on is
+# a candidate and the best subset of up to `max_auto_exits` is chosen on calibration data.
+Placement = Literal["fixed", "auto"]
+# "paper": (confidence, margin, SAV) at every exit; "select": per exit the candidate set (the paper's, its
+# subsets, agreement with the previous exit) with the best cross-validated AUC on the gate split.
+GateFeatureMode = Literal["paper", "select"]
+PLACEMENTS: tuple[str, ...] = get_args(Placement)
+GATE_FEATURE_MODES: tuple[str, ...] = get_args(GateFeatureMode)
+DEFAULT_BUDGET = 0.85
+
+
+@dataclass(frozen=True)
+class ExitBuildConfig:
+    flops_budget: float | None = None  # fraction of full-depth FLOPs; default 0.85 when max_drop is unset
+    max_drop: float | None = None  # accuracy points (0.5 = half a point) at `confidence`
+    placement: Placement = "fixed"
+    kappa: float = 0.5  # INR pruning: drop a candidate below kappa x the mean INR
+    max_auto_exits: int = 3
+    confidence: float = 0.95
+    head: HeadTrainConfig = field(default_factory=HeadTrainConfig)
+    split: tuple[float, float, float] = (0.5, 1 / 6, 1 / 3)  # heads, gate, thresholds
+    min_images: int = 600
+    # An exit that few samples take costs a head, a gate and a stage boundary for every sample that passes
+    # it (wall-clock overhead the FLOPs count hides): exits taken by less than this share are dropped.
+    min_exit_share: float = 0.05
+    # The default stays "paper": on the shipped model "select" ranks better but is not more accurate per
+    # FLOPs budget (benchmarks/gate_vs_confidence.py, RESULTS.md).
+    gate_features: GateFeatureMode = "paper"
+    # Prompt templates of the class text embeddings the heads are trained against (`prompt_templates`):
+    # "fashion-mnist" for the built-in calibration set, "generic" for other images.
+    templates: TemplateSet = "fashion-mnist"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.flops_budget is not None and not 0 < self.flops_budget <= 1:
+            raise OvclipError(
+                f"flops_budget={self.flops_budget}: give a fraction of full depth in (0, 1]", params="flops_budget"
+            )
+        if self.max_drop is not None and not 0 < self.max_drop < 100:
+            raise OvclipError(f"max_drop={self.max_drop}: give accuracy points, e.g. 0.5", params="max_drop")
+        if self.flops_budget is not None and self.max_drop is not None:
+            raise OvclipError("give `flops_budget` or `max_drop`, not both", params=("flops_budget", "max_drop"))
+        for name, value, allowed in (
+            ("gate_features", self.gate_features, GATE_FEATURE_MODES),
+            ("placement", self.placement, PLACEMENTS),
+            ("templates", self.templates, TEMPLATE_SETS),
+        ):
+            if value not in allowed:
+                raise OvclipError(f"{name}={value!r}: give {' or '.join(map(repr, allowed))}", params=name)
+
+    @property
+    def objective(self) -> Objective:
+        """What the thresholds optimise: the fewest FLOPs within `max_drop`, else the best accuracy within the
+        FLOPs budget (0.85 of full depth unless given)."""
+        if self.max_drop is not None:
+            return MaxDrop(self.max_drop, self.confidence)
+        return FlopsBudget(self.flops_budget or DEFAULT_BUDGET)
+
+
+def split_calibration(n: int, cfg: ExitBuildConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the three disjoint calibration parts (heads, gate, thresholds), seeded by `cfg.seed`."""
+    order = np.random.default_rng(cfg.seed).permutation(n)
+    a = int(cfg.split[0] * n)
+    b = a + int(cfg.split[1] * n)
+    return order[:a], order[a:b], order[b:]
