@@ -1,14 +1,13 @@
-"""Which prompt templates a data set's zero-shot accuracy is measured with."""
+"""Which prompt templates a data set's zero-shot accuracy is measured with (the choice is `ovclip.data.prompts`'s)."""
 
 from __future__ import annotations
 
-GENERIC_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}."]
+from ovclip.data.prompts import GENERIC_TEMPLATES, prompt_templates, template_set_of
+
+__all__ = ["GENERIC_TEMPLATES", "templates_for"]
 
 
 def templates_for(dataset_spec: str | None) -> list[str]:
-    from ovclip.data.prompts import builtin_templates
-
-    spec = (dataset_spec or "builtin").lower()
-    if spec.startswith("builtin") or spec.startswith("fashion-mnist"):
-        return builtin_templates("eval")
-    return GENERIC_TEMPLATES
+    """The templates of `dataset_spec`'s template set (`template_set_of`): built-in and Fashion-MNIST specs get
+    the shipped evaluation templates, image folders the generic ones."""
+    return prompt_templates(template_set_of(dataset_spec))
