@@ -336,28 +336,26 @@ def print_timing(what: str) -> None:
 
 
 def interleaved(runs: dict[str, Callable[[], dict]], repeats: int, log=print) -> dict[str, dict]:
-    """Call every runner once per round, `repeats` rounds, in rotating order (drift hits all alike).
+    """Call every runner once per round, `repeats` rounds, in rotating order (drift hits all alike) — the
+    rounds of `ovclip bench` (`ovclip.bench.rounds.rotating_rounds`).
 
     Each runner returns a dict with 'throughput'; the result per name holds the list and its median.
     """
-    names = list(runs)
-    got: dict[str, list[dict]] = {n: [] for n in names}
-    for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for n in order:
-            res = runs[n]()
-            got[n].append(res)
-            log(f"  round {r + 1}/{repeats} {n}: {res['throughput']:.2f}")
+    from ovclip.bench.rounds import rotating_rounds
+
+    got = rotating_rounds(
+        runs, repeats, on_result=lambda r, n, res: log(f"  round {r + 1}/{repeats} {n}: {res['throughput']:.2f}")
+    )
     out = {}
-    for n in names:
-        tp = [g["throughput"] for g in got[n]]
+    for n, results in got.items():
+        tp = [g["throughput"] for g in results]
         out[n] = {
             "median": median(tp),
             "runs": tp,
             "spread": spread(tp),
-            "latency_median_ms": median([g.get("latency_median_ms") or 0.0 for g in got[n]]),
+            "latency_median_ms": median([g.get("latency_median_ms") or 0.0 for g in results]),
         }
-        extra = {k: v for k, v in got[n][-1].items() if k not in ("throughput", "latency_median_ms", "iterations")}
+        extra = {k: v for k, v in results[-1].items() if k not in ("throughput", "latency_median_ms", "iterations")}
         out[n].update(extra)
     return out
 

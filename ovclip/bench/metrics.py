@@ -1,4 +1,5 @@
-"""Accuracy metrics: zero-shot top-k, text->image recall@k, the early-exit rescue quadrants."""
+"""Accuracy metrics: zero-shot top-k, text->image recall@k, class-prompt retrieval (precision@k, average
+precision), the early-exit rescue quadrants."""
 
 from __future__ import annotations
 
@@ -41,3 +42,41 @@ def rescue_quadrants(ee_correct: np.ndarray, full_correct: np.ndarray) -> dict[s
 
 def exit_histogram(exit_layer: np.ndarray, exits: list[int], num_layers: int) -> dict[str, int]:
     return {str(layer): int(np.sum(exit_layer == layer)) for layer in [*exits, num_layers]}
+
+
+def precision_at_k(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
+    """Share of relevant items among the k highest-scoring ones (ties broken by index order)."""
+    scores, relevant = np.asarray(scores).reshape(-1), np.asarray(relevant, bool).reshape(-1)
+    k = min(k, len(scores))
+    top = np.argsort(-scores, kind="stable")[:k]
+    return float(relevant[top].mean()) if k else float("nan")
+
+
+def average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """Average precision of a ranking by `scores`, as scikit-learn's `average_precision_score` computes it:
+    sum over distinct score thresholds of (recall step) x (precision there); tied scores form one step.
+    NaN when nothing is relevant."""
+    scores, relevant = np.asarray(scores).reshape(-1), np.asarray(relevant, bool).reshape(-1)
+    if not relevant.any():
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, r = scores[order], relevant[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(r)[last_of_tie]
+    precision = tp / (last_of_tie + 1)
+    recall = tp / tp[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def class_prompt_retrieval(
+    image_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray, ks=(10, 100)
+) -> dict[str, float]:
+    """Each class's prompt embedding ranks every image; an image is relevant when it is of that class.
+    Precision@k and average precision per class, averaged over the classes that have images (mAP)."""
+    labels = np.asarray(labels)
+    sims = np.asarray(class_emb, np.float32) @ np.asarray(image_emb, np.float32).T  # (C, N)
+    present = [c for c in range(len(sims)) if np.any(labels == c)]
+    out = {f"P@{k}": float(np.mean([precision_at_k(sims[c], labels == c, k) for c in present])) for k in ks}
+    out["mAP"] = float(np.mean([average_precision(sims[c], labels == c) for c in present]))
+    out["classes"] = len(present)
+    return out

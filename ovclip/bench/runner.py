@@ -1,66 +1,112 @@
-"""`ovclip bench`: one record per (folder, variant, device): speed, accuracy, exits, FLOPs."""
+"""`ovclip bench`, one folder at a time: the settings, and each variant prepared for timing — compiled (compile
+time and first inference recorded), measured once over the data set (accuracy, exits, FLOPs, embeddings),
+with the batches it will be timed on. `ovclip.bench.suite` times every prepared variant of a run in rotating
+rounds; `bench_folder` does it for one folder."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from ovclip.bench.metrics import exit_histogram, rescue_quadrants, topk_accuracy
-from ovclip.bench.throughput import measure
+from ovclip.bench.passes import AccuracyResult, accuracy_pass, pareto_on_data, policy_used
+from ovclip.bench.scenarios import scenario as get_scenario
+from ovclip.bench.throughput import Timing, measure
+from ovclip.bench.timing import time_and_report
+from ovclip.bench.variants import Variant, is_deployed, variants
 from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest
 from ovclip.policy.flops import full_depth_flops, mean_flops
 from ovclip.progress import Progress, advance, note
 from ovclip.runtime import Deployment
-from ovclip.runtime.device import supports_bf16
+
+__all__ = [
+    "AccuracyResult",
+    "BenchSettings",
+    "Prepared",
+    "accuracy_pass",
+    "bench_folder",
+    "optimal_nireq",
+    "prepare_folder",
+    "timing_pool",
+]
 
 RANDOM_REASON = "random weights: accuracy is meaningless, speed only"
+UNLABELED_REASON = "unlabeled images: zero-shot accuracy needs class labels (see fidelity for what was measured)"
+NO_ACCURACY_REASON = "not measured (accuracy switched off)"
+NO_DATA_REASON = "not measured (no data set given)"
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     device: str = "CPU"
-    hint: str = "throughput"
-    batch: int = 8
-    nireq: int | None = None  # None: the device's optimal number of infer requests
-    seconds: float = 10.0
+    hint: str | None = None  # None: the scenario's (offline: throughput; the stream scenarios: latency)
+    batch: int | None = None  # images per inference in the offline scenario (None: 8); fixed by the others
+    nireq: int | None = None  # offline: None = the device's optimal number of infer requests
+    seconds: float = 5.0  # timed seconds per record and round
     precision: str = "auto"  # auto: fp32 folders as f32 (+ bf16 where the CPU has it); f32; bf16
     pool: int = 512  # real images cycled through in the timed run
     accuracy: bool = True
     runtime: str = "auto"  # Deployment's runtime: auto, graph (one OpenVINO graph per policy), stages
+    rounds: int = 3  # rotating rounds every record is timed in
+    scenario: str = "offline"  # offline, single-stream, multi-stream (ovclip.bench.scenarios)
+    reference: str | Path | None = None  # FP32 folder for embedding fidelity (None: an fp32 folder benched)
+    startup: bool = False  # also time compile + first inference in fresh processes, cache off/cold/warm
+    cache_dir: str | Path | None = "default"  # OpenVINO model cache of the timed deployments
 
     def __post_init__(self) -> None:
-        if self.batch < 1:
+        spec = get_scenario(self.scenario)
+        if self.batch is not None and self.batch < 1:
             raise OvclipError(f"batch={self.batch}: must be at least 1", params="batch")
+        if self.batch is not None and spec.samples_per_query not in (None, self.batch):
+            raise OvclipError(
+                f"batch={self.batch}: the {spec.name} scenario sends {spec.samples_per_query} image(s) per query; "
+                "leave batch unset",
+                params="batch",
+            )
+        if self.nireq is not None and (self.nireq < 1 or (self.nireq > 1 and not spec.concurrent)):
+            raise OvclipError(
+                f"nireq={self.nireq}: must be at least 1, and 1 in the {spec.name} scenario", params="nireq"
+            )
         if self.seconds <= 0:
             raise OvclipError(f"seconds={self.seconds}: must be a positive number of seconds", params="seconds")
-        if self.nireq is not None and self.nireq < 1:
-            raise OvclipError(f"nireq={self.nireq}: must be at least 1", params="nireq")
+        if self.rounds < 1:
+            raise OvclipError(f"rounds={self.rounds}: must be at least 1", params="rounds")
         if self.precision not in ("auto", "f32", "bf16"):
             raise OvclipError(f"precision={self.precision!r}: choose auto, f32 or bf16", params="precision")
 
+    @property
+    def query_size(self) -> int:
+        """Images per inference call: the scenario's, or `batch` (default 8) offline."""
+        return get_scenario(self.scenario).samples_per_query or self.batch or 8
 
-def variants(manifest, settings: BenchSettings) -> list[tuple[str, str | None, bool]]:
-    """(variant name, CPU inference precision to ask for, early exit on) for one folder."""
-    cpu = settings.device.upper().startswith("CPU")
-    kind = manifest.variant
-    if kind in ("fp32", "fp16"):
-        if not cpu:
-            return [(kind, None, False)]
-        if settings.precision == "auto":
-            out = [(kind, "f32", False)]
-            if supports_bf16(settings.device):
-                out.append(("bf16", "bf16", False))
-            return out
-        return [(kind if settings.precision == "f32" else "bf16", settings.precision, False)]
-    precision = None if settings.precision == "auto" or not cpu else settings.precision
-    out = [(kind, precision, False)]
-    if manifest.get("exit_policy"):
-        out.append((f"{kind}-ee", precision, True))
-    return out
+    @property
+    def performance_hint(self) -> str:
+        return self.hint or get_scenario(self.scenario).hint
+
+
+@dataclass
+class Prepared:
+    """One variant of one folder, compiled and measured, ready to be timed."""
+
+    record: dict
+    dep: Deployment
+    variant: Variant
+    class_emb: np.ndarray | None
+    pool: list[np.ndarray]
+    nireq: int
+    measured: AccuracyResult | None = None  # the pass over the data set as the variant runs
+    label_free: AccuracyResult | None = None  # the pass without class embeddings (retrieval), when it differs
+    neighbours: dict = field(default_factory=dict)  # nearest-neighbour lists by pass name, computed once
+
+    def run(self, batch: np.ndarray) -> None:
+        self.dep.run_vision(batch, self.class_emb, early_exit=self.variant.early_exit)
+
+    def time_once(self, seconds: float, on_tick=None) -> Timing:
+        return measure(self.run, self.pool, nireq=self.nireq, seconds=seconds, on_tick=on_tick)
 
 
 def optimal_nireq(dep: Deployment) -> int:
@@ -70,6 +116,155 @@ def optimal_nireq(dep: Deployment) -> int:
         return 1
 
 
+def timing_pool(dep: Deployment, dataset, settings: BenchSettings, cache: dict | None = None) -> list[np.ndarray]:
+    """Batches timed (`settings.query_size` images each): real images when there are any, else seeded random
+    tensors. `cache` shares one pool between the variants that preprocess alike."""
+    key = (repr(dep.preprocess_config), dep.vision["image_size"])
+    if cache is not None and key in cache:
+        return cache[key]
+    pool = _pool(dep, dataset, settings)
+    if cache is not None:
+        cache[key] = pool
+    return pool
+
+
+def _pool(dep: Deployment, dataset, settings: BenchSettings) -> list[np.ndarray]:
+    b = settings.query_size
+    if dataset is not None and len(dataset):
+        n = min(len(dataset), max(settings.pool, b))
+        px = dataset.pixels(np.arange(n), dep.preprocess_config)
+        return [np.ascontiguousarray(px[i : i + b]) for i in range(0, n - b + 1, b)] or [px]
+    s = dep.vision["image_size"]
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((b, 3, s, s), dtype=np.float32) for _ in range(max(4, min(settings.pool, 64) // b))]
+
+
+def prepare_folder(
+    folder: str | Path,
+    settings: BenchSettings,
+    dataset=None,
+    templates=None,
+    progress: Progress | None = None,
+    pools: dict | None = None,
+) -> list[Prepared]:
+    """Every variant of `folder` (`ovclip.bench.variants`) prepared for timing; an early-exit variant that cannot
+    run on this data (a class-score rule, no labels, no label-free rule) is left out with a note. `pools`:
+    timing pools shared across folders (`timing_pool`)."""
+    manifest = read_manifest(folder)
+    pools = {} if pools is None else pools
+    out = []
+    for v in variants(manifest, settings.device, settings.precision):
+        p = _prepare_variant(folder, manifest, settings, dataset, templates, v, progress, pools)
+        if p is not None:
+            out.append(p)
+    return out
+
+
+def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templates, v: Variant, progress, pools):
+    dep = Deployment(
+        folder,
+        settings.device,
+        hint=settings.performance_hint,
+        inference_precision=v.precision,
+        runtime=settings.runtime,
+        cache_dir=settings.cache_dir,
+    )
+    labelled = dataset is not None and getattr(dataset, "labels", None) is not None
+    class_emb = dep.class_embeddings(dataset.prompt_names, templates) if labelled and manifest.trained else None
+    policy = policy_used(dep, class_emb, v.early_exit)
+    if v.early_exit and policy is None:
+        note(progress, f"{folder}: {v.name} left out: its exit rule needs class scores and there are no labels")
+        return None
+    pool = timing_pool(dep, dataset, settings, pools)
+    t0 = time.perf_counter()
+    dep.compile_vision(policy)
+    t1 = time.perf_counter()
+    dep.run_vision(pool[0], class_emb, early_exit=v.early_exit)
+    t2 = time.perf_counter()
+    nireq = settings.nireq or (optimal_nireq(dep) if get_scenario(settings.scenario).concurrent else 1)
+    rec = _base_record(folder, manifest, settings, dep, v, nireq)
+    rec["compile_s"], rec["first_inference_ms"] = t1 - t0, 1000 * (t2 - t1)
+    p = Prepared(rec, dep, v, class_emb, pool, nireq)
+    if v.early_exit:
+        rec["flops_saving_timed"] = _pool_saving(p, policy)
+    if settings.accuracy and dataset is not None and manifest.trained:
+        _measure_pass(p, dataset, settings, progress)
+    rec["accuracy_note"] = _accuracy_note(rec, manifest, settings, dataset)
+    return p
+
+
+def _base_record(folder, manifest, settings: BenchSettings, dep: Deployment, v: Variant, nireq: int) -> dict:
+    """A record with what is known before measuring: the folder, the variant, how it runs, full-depth FLOPs."""
+    executed = dep.executed_precision()
+    return {
+        "model": str(Path(folder)),
+        "source": manifest["source"].get("description"),
+        "variant": v.name,
+        "early_exit": v.early_exit,
+        "deployed": is_deployed(manifest, settings.device, v, executed),
+        "device": settings.device,
+        "scenario": settings.scenario,
+        "hint": settings.performance_hint,
+        "batch": settings.query_size,
+        "nireq": nireq,
+        "inference_precision": executed,
+        "runtime": dep.runtime,
+        "openvino_version": ov.get_version(),
+        "trained": manifest.trained,
+        "n_images": 0,
+        "top1": None,
+        "top5": None,
+        "exit_rule": None,
+        "exit_histogram": None,
+        "flops_per_image": full_depth_flops(manifest.vision, int(manifest["embedding_dim"])),
+        "flops_saving": 0.0,
+    }
+
+
+def _pool_saving(p: Prepared, policy) -> float:
+    """FLOPs saving on the very images timed (the pool), which may differ from the whole set's."""
+    el = np.concatenate([p.dep.run_vision(b, p.class_emb, early_exit=True).exit_layer for b in p.pool])
+    classes = 0 if p.class_emb is None else len(p.class_emb)
+    emb = int(p.dep.manifest["embedding_dim"])
+    return 1.0 - mean_flops(p.dep.vision, emb, el, policy.exits, classes) / full_depth_flops(p.dep.vision, emb)
+
+
+def _measure_pass(p: Prepared, dataset, settings: BenchSettings, progress) -> None:
+    """Top-1/top-5 (labelled sets), embeddings, and with early exit the exit histogram, mean FLOPs and (class
+    rule) the Pareto points, over the whole set."""
+    name, dep = p.variant.name, p.dep
+    res = accuracy_pass(
+        dep,
+        dataset,
+        p.class_emb,
+        p.variant.early_exit,
+        settings.query_size * 8 if settings.query_size > 1 else 64,
+        tick=progress and (lambda f: advance(progress, f"{name} accuracy", f)),
+    )
+    p.measured = res
+    rec = p.record
+    rec.update(n_images=res.n, top1=res.top1, top5=res.top5, exit_rule=res.rule)
+    if p.variant.early_exit:
+        policy = policy_used(dep, p.class_emb, True)
+        rec["exit_histogram"] = {str(L): int(np.sum(res.exit_layer == L)) for L in [*policy.exits, dep.num_layers]}
+        rec["flops_per_image"] = res.mean_flops
+        rec["flops_saving"] = res.flops_saving
+        if p.class_emb is not None and res.top1 is not None:
+            rec["pareto"] = pareto_on_data(dep, dataset, p.class_emb, settings.query_size * 8)
+
+
+def _accuracy_note(rec: dict, manifest, settings: BenchSettings, dataset) -> str | None:
+    if rec["top1"] is not None:
+        return None
+    if not manifest.trained:
+        return RANDOM_REASON
+    if dataset is None:
+        return NO_DATA_REASON
+    if not settings.accuracy:
+        return NO_ACCURACY_REASON
+    return UNLABELED_REASON
+
+
 def bench_folder(
     folder: str | Path,
     settings: BenchSettings,
@@ -77,195 +272,6 @@ def bench_folder(
     templates: list[str] | None = None,
     progress: Progress | None = None,
 ) -> list[dict]:
-    """One record per variant of `folder` (see `variants`): speed, and accuracy/exits/FLOPs on `dataset`."""
-    manifest = read_manifest(folder)
-    records = [
-        _bench_variant(folder, manifest, settings, dataset, templates, variant, progress)
-        for variant in variants(manifest, settings)
-    ]
-    return _with_rescue(records)
+    """One record per variant of `folder`, timed in rotating rounds (`ovclip.bench.timing.time_and_report`)."""
 
-
-def _bench_variant(folder, manifest, settings: BenchSettings, dataset, templates, variant, progress) -> dict:
-    name, precision, ee = variant
-    dep = Deployment(
-        folder, settings.device, hint=settings.hint, inference_precision=precision, runtime=settings.runtime
-    )
-    rec = _base_record(folder, manifest, settings, dep, name)
-    class_emb = None
-    if dataset is not None and manifest.trained:
-        class_emb = dep.class_embeddings(dataset.prompt_names, templates)
-        if settings.accuracy:
-            rec.update(_accuracy_fields(dep, dataset, class_emb, ee, settings, name, progress))
-    if ee and class_emb is None and dep.policy.needs_labels:
-        raise OvclipError(
-            f"{folder}: timing early exit needs labelled images (`dataset`): the exit rule uses class scores",
-            params="dataset",
-        )
-    pool = timing_pool(dep, dataset, settings, manifest.trained)
-    timing = _time_variant(dep, pool, rec["nireq"], settings, ee, class_emb, name, progress)
-    rec.update(timing.as_dict())
-    note(progress, f"{Path(folder).name} {name}: {timing.throughput_fps:.1f} img/s")
-    return rec
-
-
-def _base_record(folder, manifest, settings: BenchSettings, dep: Deployment, name: str) -> dict:
-    """A record with what is known before measuring: the folder, the variant, how it runs, full-depth FLOPs."""
-    trained = manifest.trained
-    return {
-        "model": str(Path(folder)),
-        "source": manifest["source"].get("description"),
-        "variant": name,
-        "device": settings.device,
-        "hint": settings.hint,
-        "batch": settings.batch,
-        "nireq": settings.nireq or optimal_nireq(dep),
-        "inference_precision": dep.executed_precision(),
-        "runtime": dep.runtime,
-        "openvino_version": ov.get_version(),
-        "trained": trained,
-        "n_images": 0,
-        "top1": None,
-        "top5": None,
-        "accuracy_note": None if trained else RANDOM_REASON,
-        "exit_histogram": None,
-        "flops_per_image": full_depth_flops(manifest.vision, int(manifest["embedding_dim"])),
-        "flops_saving": 0.0,
-    }
-
-
-def _accuracy_fields(dep: Deployment, dataset, class_emb, ee: bool, settings: BenchSettings, name: str, progress):
-    """Top-1/top-5 over `dataset`; with early exit also the exit histogram, mean FLOPs and the Pareto points."""
-    acc = accuracy_pass(
-        dep,
-        dataset,
-        class_emb,
-        ee,
-        settings.batch * 8,
-        tick=progress and (lambda f: advance(progress, f"{name} accuracy", f)),
-    )
-    fields: dict = {"n_images": acc.n, "top1": acc.top1, "top5": acc.top5, "_correct": acc.correct}
-    if ee:
-        vision, full = dep.vision, full_depth_flops(dep.vision, int(dep.manifest["embedding_dim"]))
-        fields["exit_histogram"] = exit_histogram(acc.exit_layer, dep.policy.exits, vision["num_layers"])
-        fields["flops_per_image"] = acc.mean_flops
-        fields["flops_saving"] = 1 - acc.mean_flops / full
-        fields["pareto"] = pareto_on_data(dep, dataset, class_emb, settings.batch * 8)
-    return fields
-
-
-def _time_variant(dep, pool, nireq: int, settings: BenchSettings, ee: bool, class_emb, name: str, progress):
-    def run(batch: np.ndarray) -> None:
-        dep.run_vision(batch, class_emb, early_exit=ee)
-
-    return measure(
-        run,
-        pool,
-        nireq=nireq,
-        seconds=settings.seconds,
-        on_tick=progress and (lambda f: advance(progress, f"{name} timing", f)),
-    )
-
-
-def _with_rescue(records: list[dict]) -> list[dict]:
-    """Rescue quadrants of each early-exit record against the folder's full-depth record; drop the per-image
-    correctness they were computed from."""
-    full = next((r for r in records if "_correct" in r and not r["variant"].endswith("-ee")), None)
-    for r in records:
-        if full is not None and "_correct" in r and r["variant"].endswith("-ee"):
-            r["rescue"] = rescue_quadrants(r["_correct"], full["_correct"])
-    for r in records:
-        r.pop("_correct", None)
-    return records
-
-
-def timing_pool(dep: Deployment, dataset, settings: BenchSettings, trained: bool) -> list[np.ndarray]:
-    """Batches timed: real evaluation images when there are any, else seeded random tensors."""
-    b = settings.batch
-    if dataset is not None and len(dataset):
-        n = min(len(dataset), max(settings.pool, b))
-        idx = np.arange(n)
-        px = dataset.pixels(idx, dep.preprocess_config)
-        return [px[i : i + b] for i in range(0, n - b + 1, b)] or [px]
-    s = dep.vision["image_size"]
-    rng = np.random.default_rng(0)
-    return [rng.standard_normal((b, 3, s, s), dtype=np.float32) for _ in range(4)]
-
-
-@dataclass
-class AccuracyResult:
-    n: int
-    top1: float
-    top5: float
-    correct: np.ndarray  # (N,) bool, top-1 right
-    exit_layer: np.ndarray  # (N,)
-    mean_flops: float
-
-
-def accuracy_pass(dep: Deployment, dataset, class_emb: np.ndarray, ee: bool, chunk: int, tick=None) -> AccuracyResult:
-    """Zero-shot accuracy over the whole set, streamed in chunks (pixels are not all held at once)."""
-    labels = dataset.labels
-    scores, exit_layer = [], []
-    for i in range(0, len(dataset), chunk):
-        idx = np.arange(i, min(i + chunk, len(dataset)))
-        out = dep.run_vision(dataset.pixels(idx, dep.preprocess_config), class_emb, early_exit=ee)
-        scores.append(out.scores)
-        exit_layer.append(out.exit_layer)
-        if tick:
-            tick(min(1.0, (i + chunk) / len(dataset)))
-    s = np.concatenate(scores)
-    el = np.concatenate(exit_layer)
-    exits = dep.policy.exits if (ee and dep.policy) else []
-    return AccuracyResult(
-        n=len(labels),
-        top1=topk_accuracy(s, labels, 1),
-        top5=topk_accuracy(s, labels, 5),
-        correct=s.argmax(1) == labels,
-        exit_layer=el,
-        mean_flops=mean_flops(dep.vision, int(dep.manifest["embedding_dim"]), el, exits, s.shape[1]),
-    )
-
-
-def pareto_on_data(dep: Deployment, dataset, class_emb: np.ndarray, chunk: int) -> list[dict]:
-    """Accuracy vs FLOPs saving on this data for the thresholds the policy stored per budget, for the
-    learned gate and the confidence-only baseline (one traced pass: every head on every image)."""
-    from ovclip.policy.cascade import evaluate
-    from ovclip.policy.trace import trace_for_rule
-    from ovclip.runtime.deployment import trace_vision
-
-    policy = dep.policy
-    rows = policy.info.get("pareto") or []
-    if not rows:
-        return []
-    heads: dict[int, list] = {L: [] for L in policy.exits}
-    finals = []
-    for i in range(0, len(dataset), chunk):
-        t = trace_vision(dep, dataset.pixels(np.arange(i, min(i + chunk, len(dataset))), dep.preprocess_config), policy)
-        for L, v in t["heads"].items():
-            heads[L].append(v)
-        finals.append(t["final"])
-    merged = {L: (np.concatenate([a for a, _ in v]), np.concatenate([b for _, b in v])) for L, v in heads.items()}
-    final = np.concatenate(finals)
-    emb_dim = int(dep.manifest["embedding_dim"])
-    out = []
-    traces = {
-        rule: trace_for_rule(
-            policy, rule, merged, final, class_emb, dataset.labels, dep.logit_scale, dep.vision, emb_dim
-        )
-        for rule in ("gate", "confidence")
-    }
-    full = traces["gate"].flops[dep.num_layers]
-    for row in rows:
-        if any(row[r].get("calibration_flops_saving", 1.0) < 1 - row["budget"] - 1e-9 for r in traces):
-            continue  # no thresholds met this budget on the calibration data
-        point = {"budget": row["budget"]}
-        for rule, tr in traces.items():
-            t = {int(k): v for k, v in row[rule]["thresholds"].items()}
-            acc, fl, _ = evaluate(tr, t)
-            point[rule] = {
-                "top1": acc,
-                "flops_saving": 1 - fl / full,
-                "calibration_top1": row[rule]["calibration_top1"],
-            }
-        out.append(point)
-    return out
+    return time_and_report(prepare_folder(folder, settings, dataset, templates, progress), settings, progress)
