@@ -58,14 +58,15 @@ def _embed_bar():
 
 def _summary(r: EmbedResult) -> None:
     rate = f" ({r.new_images / r.seconds:,.0f} img/s)" if r.seconds > 0 and r.new_images else ""
-    resumed = f", {r.resumed_shards} of them done before this run" if r.resumed_shards else ""
+    resumed = f", {r.resumed_shards} done before this run" if r.resumed_shards else ""
     console.print(
-        f"embedded {r.rows:,} of {r.images:,} images into {r.out} ({r.shards} shards{resumed}) "
+        f"embedded {r.rows:,} of {r.images:,} images into {r.out} ({r.shards} shard{'s' * (r.shards != 1)}{resumed}) "
         f"in {r.seconds:.1f} s{rate}",
         highlight=False,
     )
     if r.skipped:
-        console.print(f"[yellow]skipped {r.skipped:,} unreadable images (listed in {r.skipped_file})[/]")
+        what = "image" if r.skipped == 1 else "images"
+        console.print(f"[yellow]skipped {r.skipped:,} unreadable {what} (listed in {r.skipped_file})[/]")
     table = Table(title="exit block", title_justify="left")
     table.add_column("after block", justify="right")
     table.add_column("images", justify="right")
@@ -89,7 +90,7 @@ def _summary(r: EmbedResult) -> None:
 @click.option(
     "--index", "index_path", type=click.Path(path_type=Path), default=None, help="Also write a LanceDB index."
 )
-@click.option("--ray", "use_ray", is_flag=True, help="Run on Ray Data (a local Ray instance unless --ray-address).")
+@click.option("--ray", "ray", is_flag=True, help="Run on Ray Data (a local Ray instance unless --ray-address).")
 @click.option("--ray-address", default=None, help="Address of an existing Ray cluster (implies --ray).")
 @click.option("--ray-actors", type=int, default=None, help="Actors, each holding one deployment (default: CPUs).")
 @click.option("--batch", type=int, default=32, show_default=True, help="Images per inference.")
@@ -106,14 +107,14 @@ def _summary(r: EmbedResult) -> None:
     help="Build an ANN (IVF-PQ) index when the index has at least this many rows; below, search is exact.",
 )
 @friendly
-def embed(src, deployment, out, index_path, use_ray, ray_address, ray_actors, batch, shard_size, workers, strict,
+def embed(src, deployment, out, index_path, ray, ray_address, ray_actors, batch, shard_size, workers, strict,
           full_depth, device, ann_min_rows) -> None:  # fmt: skip
     """Embed every image of SRC (a folder tree, an image list, or a captions .jsonl) into Parquet shards in OUT.
 
     Re-running the same command resumes: finished shards are kept, the one cut short is redone.
     """
     opts = EmbedOptions(batch=batch, shard_size=shard_size, strict=strict, early_exit=not full_depth, device=device,
-                        workers=workers, ray=use_ray or ray_address is not None, ray_address=ray_address,
+                        workers=workers, ray=ray or ray_address is not None, ray_address=ray_address,
                         ray_actors=ray_actors)  # fmt: skip
     with _embed_bar() as progress:
         result = embed_collection(src, deployment, out, opts, progress=progress)

@@ -115,8 +115,9 @@ def _check_options(o: EmbedOptions) -> None:
         raise OvclipError(f"workers={o.workers}: must be at least 1", params="workers")
     if o.ray_actors is not None and o.ray_actors < 1:
         raise OvclipError(f"ray_actors={o.ray_actors}: must be at least 1", params="ray_actors")
-    if o.ray_address is not None and not o.ray:
-        raise OvclipError("give `ray_address` together with `ray`", params=("ray_address", "ray"))
+    for name in ("ray_address", "ray_actors"):
+        if getattr(o, name) is not None and not o.ray:
+            raise OvclipError(f"give `{name}` together with `ray`", params=(name, "ray"))
 
 
 def embed_collection(

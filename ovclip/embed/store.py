@@ -81,6 +81,8 @@ def read_job(out: Path) -> dict:
 
 def open_out(out: Path, job: dict) -> None:
     """Create OUT for `job`, or check that OUT holds the same job (then its done shards are kept)."""
+    if out.exists() and not out.is_dir():
+        raise OvclipError(f"{out}: exists and is not a folder; choose an output folder")
     out.mkdir(parents=True, exist_ok=True)
     if not (out / JOB_FILE).exists():
         others = [p.name for p in out.iterdir() if not p.name.startswith(".")]
