@@ -133,3 +133,17 @@ def test_plain_folders_and_labels_file_unchanged(tmp_path):
     (root2 / "labels.txt").write_text("fish one\nfish two\n")
     d2 = open_dataset(str(root2))  # a labels file in the folder wins over the shipped names
     assert d2.prompt_names == ["fish one", "fish two"]
+
+
+def test_template_choice_for_imagenet_folders(tmp_path):
+    from ovclip.bench.report import templates_for
+    from ovclip.data.prompts import prompt_templates, template_set_of
+    from ovclip.exits.config import ExitBuildConfig
+
+    root = _tree(tmp_path / "val", ["n01440764", "n01443537"])
+    plain = _tree(tmp_path / "plain", ["cat", "dog"])
+    assert template_set_of(str(root)) == "imagenet" and template_set_of(str(plain)) == "generic"
+    assert template_set_of("builtin") == "fashion-mnist"
+    assert prompt_templates("imagenet") == imagenet_templates("openai") == templates_for(str(root))
+    assert prompt_templates("imagenet-simple") == imagenet_templates("simple")
+    assert ExitBuildConfig(templates="imagenet").templates == "imagenet"  # the exit build accepts the sets

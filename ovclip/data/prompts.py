@@ -15,13 +15,15 @@ from typing import Literal, get_args
 import numpy as np
 
 from ovclip.data.builtin import builtin_template_sets
+from ovclip.data.imagenet import imagenet_templates, is_imagenet_folder
 from ovclip.errors import OvclipError
 from ovclip.vectors import l2_normalize
 
 PLACEHOLDER = "{}"
 # "fashion-mnist": the shipped evaluation templates the built-in model was trained and measured with;
-# "generic": photo templates for any other image set.
-TemplateSet = Literal["fashion-mnist", "generic"]
+# "generic": photo templates for any other image set; "imagenet" / "imagenet-simple": OpenAI's 80 ImageNet templates
+# / their 7-template subset, for folders in the ImageNet layout (`ovclip.data.imagenet`).
+TemplateSet = Literal["fashion-mnist", "generic", "imagenet", "imagenet-simple"]
 TEMPLATE_SETS: tuple[str, ...] = get_args(TemplateSet)
 GENERIC_TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a close-up photo of a {}."]
 
@@ -40,12 +42,17 @@ def prompt_templates(kind: TemplateSet) -> list[str]:
         return builtin_templates("eval")
     if kind == "generic":
         return list(GENERIC_TEMPLATES)
+    if kind in ("imagenet", "imagenet-simple"):
+        return imagenet_templates("openai" if kind == "imagenet" else "simple")
     raise OvclipError(f"templates={kind!r}: choose one of {', '.join(TEMPLATE_SETS)}", params="templates")
 
 
 def template_set_of(data_spec: str | None) -> TemplateSet:
     """The template set for a data spec as the CLI takes it: the built-in sets (also the default, None) and
-    Fashion-MNIST splits -> "fashion-mnist"; anything else (an image folder) -> "generic"."""
+    Fashion-MNIST splits -> "fashion-mnist"; a folder in the ImageNet layout -> "imagenet"; anything else (an
+    image folder) -> "generic"."""
+    if data_spec and is_imagenet_folder(data_spec):
+        return "imagenet"
     spec = (data_spec or "builtin").lower()
     return "fashion-mnist" if spec.startswith(("builtin", "fashion-mnist")) else "generic"
 
