@@ -335,24 +335,49 @@ def test_max_drop_search_meets_its_bound():
     assert drop_upper_bound(corr, tr.full_correct) < 0.02
 
 
-def test_gate_fit_matches_sklearn():
-    from sklearn.linear_model import LogisticRegression
-
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+def test_gate_fit_is_the_penalised_maximum_likelihood(ridge):
+    """The gate zeroes the gradient of NLL + ridge/2 |w|^2 (intercept free) on standardised features, computed
+    here by hand; the objective is convex, so that is its minimum."""
     rng = np.random.default_rng(0)
     n = 3000
     logits = rng.standard_normal((n, 6)) * 2
     sav = rng.random(n) * 5
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    c = p.max(1)
-    y = rng.random(n) < 1 / (1 + np.exp(-(4 * c - 0.3 * sav)))
-    gate = fit_gate(logits, sav, y, ridge=0.0)
+    y = rng.random(n) < 1 / (1 + np.exp(-(4 * p.max(1) - 0.3 * sav)))
+    gate = fit_gate(logits, sav, y, ridge=ridge)
     assert gate.features == ("confidence", "margin", "sav")
-    x = (gate_feature_values(gate.features, logits, sav) - gate.mu) / gate.sd
-    ref = LogisticRegression(C=np.inf, max_iter=5000, tol=1e-10).fit(x, y)
-    assert np.allclose(gate.w, ref.coef_[0], atol=1e-3)
-    assert gate.b == pytest.approx(ref.intercept_[0], abs=1e-3)
-    assert np.allclose(gate(logits, sav), ref.predict_proba(x)[:, 1], atol=1e-3)
+    x = gate_feature_values(gate.features, logits, sav)
+    np.testing.assert_allclose(gate.mu, x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(gate.sd, x.std(0), rtol=1e-9)
+    z = (x - gate.mu) / gate.sd
+    prob = 1 / (1 + np.exp(-(z @ gate.w + gate.b)))
+    np.testing.assert_allclose(gate(logits, sav), prob, rtol=1e-12)
+    assert np.abs(z.T @ (prob - y) + ridge * gate.w).max() < 1e-6
+    assert abs(np.sum(prob - y)) < 1e-6
+    assert abs(gate.w[0]) > 0.5  # confidence carries the signal
+
+
+def test_roc_auc_and_cv_auc_against_hand_computations():
+    from sklearn.model_selection import StratifiedKFold
+
+    from ovclip.exits.gate_fit import cv_auc, fit_logistic, roc_auc
+
+    rng = np.random.default_rng(5)
+    y = rng.random(300) < 0.6
+    s = np.round(rng.standard_normal(300) + y, 1)  # rounded: many ties
+    pairs = [float(a > b) + 0.5 * float(a == b) for a in s[y] for b in s[~y]]
+    assert roc_auc(y, s) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert roc_auc(np.ones(5, bool), s[:5]) == 0.5  # one class only: no ranking to measure
+    assert cv_auc(s[:, None], y) == roc_auc(y, s)  # one column is its own score
+    # two columns: out-of-fold scores of fits on the other folds (standardised on the training part), pooled
+    x = np.stack([s, rng.standard_normal(300)], 1)
+    oof = np.empty(300)
+    for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(x, y):
+        w, b, mu, sd = fit_logistic(x[train], y[train])
+        oof[test] = ((x[test] - mu) / sd) @ w + b
+    assert cv_auc(x, y) == pytest.approx(roc_auc(y, oof), abs=1e-9)
 
 
 def test_quantize_with_exits_end_to_end(tiny, tmp_path):

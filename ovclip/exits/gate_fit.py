@@ -21,26 +21,24 @@ CANDIDATES_LATER_EXITS = (
 )
 
 
+def _logistic(ridge: float, iters: int):
+    """scikit-learn's logistic regression minimising NLL + ridge/2 ||w||^2 (intercept not penalised) by
+    Newton's method (Cholesky), as the gate's maximum-likelihood fit asks."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(
+        C=np.inf if ridge == 0 else 1 / ridge, solver="newton-cholesky", tol=1e-10, max_iter=iters
+    )
+
+
 def fit_logistic(
     x: np.ndarray, correct: np.ndarray, ridge: float = 1e-3, iters: int = 50
 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Maximum-likelihood logistic regression (Newton/IRLS, small ridge) on standardised columns of `x`;
+    """Maximum-likelihood logistic regression (small ridge) on standardised columns of `x`;
     returns (w, b, mu, sd): P(correct) = sigmoid(((x - mu) / sd) @ w + b)."""
     mu, sd = x.mean(0), x.std(0) + 1e-12
-    z = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
-    y = correct.astype(np.float64)
-    w = np.zeros(z.shape[1])
-    reg = ridge * np.eye(z.shape[1])
-    reg[-1, -1] = 0.0
-    for _ in range(iters):
-        p = 1 / (1 + np.exp(-z @ w))
-        grad = z.T @ (p - y) + reg @ w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + reg + 1e-9 * np.eye(len(w))
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w[:-1], float(w[-1]), mu, sd
+    model = _logistic(ridge, iters).fit((x - mu) / sd, np.asarray(correct, bool))
+    return model.coef_[0].astype(np.float64), float(model.intercept_[0]), mu, sd
 
 
 def fit_gate(
@@ -62,29 +60,31 @@ def fit_gate(
 
 
 def roc_auc(correct: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney statistic (ties count half); 0.5 when one class is absent."""
-    from scipy.stats import rankdata
+    """ROC AUC (the Mann-Whitney statistic, ties count half); 0.5 when one class is absent."""
+    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(correct, bool)
-    n1, n0 = int(y.sum()), int((~y).sum())
-    if n1 == 0 or n0 == 0:
+    if y.all() or not y.any():
         return 0.5
-    r = rankdata(score)
-    return float((r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    return float(roc_auc_score(y, score))
 
 
 def cv_auc(x: np.ndarray, correct: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    """Out-of-fold ROC AUC of a logistic fit on `x` (a single column is its own score: no fit needed)."""
+    """ROC AUC of out-of-fold logistic scores on `x` (stratified folds, standardised on each training part);
+    a single column is its own score: no fit needed."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(correct, bool)
     if x.shape[1] == 1:
-        return roc_auc(correct, x[:, 0])
-    idx = np.random.default_rng(seed).permutation(len(correct))
-    out = np.zeros(len(correct))
-    for f in range(folds):
-        test = idx[f::folds]
-        train = np.setdiff1d(idx, test)
-        w, b, mu, sd = fit_logistic(x[train], correct[train])
-        out[test] = ((x[test] - mu) / sd) @ w + b
-    return roc_auc(correct, out)
+        return roc_auc(y, x[:, 0])
+    folds = min(folds, int(y.sum()), int((~y).sum()))  # every fold holds both classes
+    if folds < 2:
+        return 0.5
+    folding = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    model = make_pipeline(StandardScaler(), _logistic(1e-3, 50))
+    return roc_auc(y, cross_val_predict(model, x, y, cv=folding, method="decision_function"))
 
 
 def select_gate(
