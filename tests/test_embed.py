@@ -260,3 +260,26 @@ def test_a_missing_extra_names_its_install_command(monkeypatch, tree, folder, tm
     ):
         embed_collection(tree[0], folder, tmp_path / "out", EmbedOptions(ray=True))
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_captions_source_keeps_each_images_captions(tree, folder, run, tmp_path):
+    images = [p for p in tree[1] if p.name not in ("corrupt.png", "empty.jpg")][:3]
+    lines = [(images[0], "a shirt"), (images[0], "a top"), (images[1], "a boot"), (images[2], "a bag")]
+    jsonl = tmp_path / "caps.jsonl"
+    jsonl.write_text(
+        "".join(json.dumps({"image": os.path.relpath(p, tmp_path), "caption": c}) + "\n" for p, c in lines)
+    )
+    result = embed_collection(jsonl, folder, tmp_path / "out", EmbedOptions(shard_size=2))
+    assert (result.images, result.rows, result.shards) == (3, 3, 2)
+    rows = read_rows(tmp_path / "out")
+    assert {p: r["captions"] for p, r in rows.items()} == {
+        str(images[0]): ["a shirt", "a top"],
+        str(images[1]): ["a boot"],
+        str(images[2]): ["a bag"],
+    }
+    single = read_rows(run[1])
+    for p in rows:  # the same image gives the same embedding whichever source lists it
+        np.testing.assert_allclose(rows[p]["embedding"], single[p]["embedding"], atol=1e-5)
+    build_index(tmp_path / "out", tmp_path / "idx")
+    hit = search(tmp_path / "idx", image=images[1], k=1).hits[0]
+    assert (hit.path, hit.captions) == (str(images[1]), ["a boot"])
