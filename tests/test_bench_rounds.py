@@ -28,6 +28,7 @@ from ovclip.bench.report import GENERIC_TEMPLATES
 from ovclip.bench.rounds import ratio_within_rounds, rotating_rounds, summary
 from ovclip.bench.variants import deployed_config, is_deployed, variants
 from ovclip.cli import main
+from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest, write_manifest
 from ovclip.policy.rules import ExitPolicy
 from ovclip.runtime import Deployment
@@ -340,6 +341,14 @@ def test_model_cache_dir(fp32_folder, tmp_path, monkeypatch):
     assert cache_dir_for("GPU") == tmp_path / "default-cache" and cache_dir_for("AUTO:NPU,CPU") is not None
     assert compile_config("GPU.1")["CACHE_DIR"] == str(tmp_path / "default-cache")
     assert "CACHE_DIR" not in compile_config("GPU", cache_dir=None)
+    monkeypatch.setenv("OVCLIP_CACHE_DIR", "off")
+    assert cache_dir_for("GPU") is None and "CACHE_DIR" not in compile_config("NPU")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("OVCLIP_CACHE_DIR", str(blocker / "cache"))  # cannot be created
+    assert "CACHE_DIR" not in compile_config("GPU")  # the default cache is skipped, the model still loads
+    with pytest.raises(OvclipError, match="a-file/cache cannot be created"):
+        compile_config("CPU", cache_dir=blocker / "cache")  # asked for by name: an error
     cache = tmp_path / "mine"
     dep = Deployment(fp32_folder, cache_dir=cache)
     dep.compile_vision()

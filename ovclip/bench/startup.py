@@ -96,7 +96,8 @@ def measure_startup(spec: dict) -> dict:
             "off": _fresh({**spec, "cache_dir": None}),
             "cold": _fresh({**spec, "cache_dir": cache}),
         }
-        res["cache_files"] = sum(1 for p in Path(cache).rglob("*") if p.is_file())
+        files = [p for p in Path(cache).rglob("*") if p.is_file()]
+        res["cache_files"], res["cache_bytes"] = len(files), sum(p.stat().st_size for p in files)
         res["warm"] = _fresh({**spec, "cache_dir": cache})
     res["warm_over_off_compile"] = res["warm"]["compile_s"] / max(res["off"]["compile_s"], 1e-9)
     return res

@@ -56,8 +56,15 @@ def check_device(device: str) -> str:
 CACHED_BY_DEFAULT = ("GPU", "NPU")
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("OVCLIP_CACHE_DIR", Path.home() / ".cache" / "ovclip" / "ov_cache"))
+CACHE_OFF = ("", "off", "none", "0")  # OVCLIP_CACHE_DIR values that switch the default cache off
+
+
+def default_cache_dir() -> Path | None:
+    """$OVCLIP_CACHE_DIR (None where it is set to one of `CACHE_OFF`), else ~/.cache/ovclip/ov_cache."""
+    env = os.environ.get("OVCLIP_CACHE_DIR")
+    if env is not None:
+        return None if env.strip().lower() in CACHE_OFF else Path(env)
+    return Path.home() / ".cache" / "ovclip" / "ov_cache"
 
 
 def cache_dir_for(device: str, cache_dir: str | Path | None = "default") -> Path | None:
@@ -71,6 +78,21 @@ def cache_dir_for(device: str, cache_dir: str | Path | None = "default") -> Path
     if any(d.split(":")[0].split(".")[0].upper() in CACHED_BY_DEFAULT for d in parts):
         return default_cache_dir()
     return None
+
+
+def _usable(cache: Path, explicit: bool) -> bool:
+    """Create the cache folder; one that cannot be created is an error when asked for, skipped by default (a
+    read-only home on an edge box must not stop the model from loading)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return True
+    except OSError as e:
+        if not explicit:
+            return False
+        raise OvclipError(
+            f"model cache folder {cache} cannot be created ({e.strerror or e}); pass another cache_dir or None",
+            params="cache_dir",
+        ) from None
 
 
 def compile_config(
@@ -91,14 +113,7 @@ def compile_config(
     if streams is not None:
         cfg["NUM_STREAMS"] = str(streams)
     cache = cache_dir_for(device, cache_dir)
-    if cache is not None:
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OvclipError(
-                f"model cache folder {cache} cannot be created ({e.strerror or e}); pass another cache_dir or None",
-                params="cache_dir",
-            ) from None
+    if cache is not None and _usable(cache, explicit=cache_dir != "default"):
         cfg["CACHE_DIR"] = str(cache)
     return cfg
 
