@@ -19,6 +19,7 @@ from ovclip.exits.build import ExitBuild, ExitBuildConfig, build_exits
 from ovclip.export.exporter import base_manifest, vision_stage_files, write_common
 from ovclip.export.float_tower import FloatTower
 from ovclip.export.stages import parse_exits, stage_bounds
+from ovclip.export.static import with_static_batch
 from ovclip.folder import Manifest, check_target, staging_folder, write_manifest
 from ovclip.ir import compile_f32, run_batched
 from ovclip.progress import Progress, note
@@ -91,8 +92,10 @@ def quantize_deployment(
     overwrite: bool = False,
     early_exit: ExitBuildConfig | None = None,
     progress: Progress | None = None,
+    tower: FloatTower | None = None,
 ) -> Manifest:
-    """Write an INT8 deployment folder; `early_exit` adds exit heads, gates and a calibrated exit policy."""
+    """Write an INT8 deployment folder; `early_exit` adds exit heads, gates and a calibrated exit policy. `tower`:
+    the checkpoint's FP32 tower when already converted (dynamic batch; its models may be changed)."""
     t0 = time.time()
     n_layers = ckpt.model.config.vision_config.num_hidden_layers
     exit_list = parse_exits(exits, n_layers)
@@ -101,7 +104,8 @@ def quantize_deployment(
     note(progress, f"calibration: {len(calib_idx)} images for NNCF statistics from {calibration.source}")
     calib_px = calibration.pixels(calib_idx, ckpt.preprocess)
     held_px = calibration.pixels(held_idx, ckpt.preprocess) if len(held_idx) else calib_px[:0]
-    tower = FloatTower.convert(ckpt, static_batch)
+    # a dynamic batch for calibration; `static_batch` is fixed as each IR is saved
+    tower = tower if tower is not None else FloatTower.convert(ckpt)
     alpha, q_blocks, trials = choose_alpha(tower, calib_px, held_px, cfg, progress)
     note(progress, f"SmoothQuant alpha used: {alpha if alpha is not None else 'off'}")
     text_model = tower.text
@@ -127,22 +131,24 @@ def quantize_deployment(
     }
     with staging_folder(out, overwrite=overwrite) as tmp:
         for f, st in zip(vision_stage_files(len(q_stages)), q_stages, strict=True):
-            ov.save_model(st, tmp / f)
+            ov.save_model(with_static_batch(st, static_batch), tmp / f)
+        text_model = with_static_batch(text_model, static_batch)
         ov.save_model(text_model, tmp / "text.xml", compress_to_fp16=cfg.text != "fp32")
         if built is not None:
-            data |= write_exits(tmp, built)
+            data |= write_exits(tmp, built, static_batch)
         write_common(tmp, ckpt)
         data["quantization"]["seconds"] = round(time.time() - t0, 1)
         manifest = write_manifest(tmp, data)
     return Manifest(Path(out).absolute(), manifest.data)
 
 
-def write_exits(folder: Path, built: ExitBuild) -> dict:
-    """Save the exit heads as `exit_head_<block>.xml` (fp16 weights); the manifest entries naming them."""
+def write_exits(folder: Path, built: ExitBuild, static_batch: int | None = None) -> dict:
+    """Save the exit heads as `exit_head_<block>.xml` (fp16 weights, `static_batch` fixed when given); the manifest
+    entries naming them."""
     files = {}
     for layer, head in built.heads.items():
         files[layer] = f"exit_head_{layer}.xml"
-        ov.save_model(head, folder / files[layer], compress_to_fp16=True)
+        ov.save_model(with_static_batch(head, static_batch), folder / files[layer], compress_to_fp16=True)
     return {
         "exit_policy": built.policy.with_heads(files).to_dict(),
         "exit_policy_embedding": built.embedding_policy.with_heads(files).to_dict(),
