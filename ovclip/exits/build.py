@@ -16,12 +16,12 @@ import numpy as np
 import openvino as ov
 
 from ovclip.data.prompts import all_prompts, ensemble, prompt_templates
-from ovclip.errors import OvclipError
 from ovclip.exits.calibrate import ExitCalibration, ExitOutputs
-from ovclip.exits.config import ExitBuildConfig, Placement, split_calibration
+from ovclip.exits.config import ExitBuildConfig, Placement, check_calibration_size, split_calibration
 from ovclip.exits.features import Features, collect_features
 from ovclip.exits.heads import HeadTrainConfig, SSAHead, export_head, head_embeddings, select_head
 from ovclip.exits.layers import LayerDiagnostics, candidate_exits
+from ovclip.exits.result import ExitBuild
 from ovclip.export.exporter import VisionGeometry
 from ovclip.ir import compile_f32
 from ovclip.policy.rules import ExitPolicy
@@ -31,16 +31,6 @@ if TYPE_CHECKING:
     from ovclip.checkpoint import LoadedCheckpoint
     from ovclip.data.datasets import LabeledImages
     from ovclip.export.float_tower import FloatTower
-
-
-@dataclass
-class ExitBuild:
-    """What the exit calibration hands to the folder's writer."""
-
-    exits: list[int]  # blocks after which samples may leave (the vision tower is split there)
-    heads: dict[int, ov.Model]  # exit -> head IR (embedding + SAV from the hidden states); not yet saved
-    policy: ExitPolicy  # rule "gate", with how it was calibrated in `info`; head files not yet named
-    embedding_policy: ExitPolicy  # rule "agreement": exits without a label set (embeddings, retrieval)
 
 
 def build_exits(
@@ -104,15 +94,6 @@ def build_exits(
             "agreement", chosen, {}, thresholds["agreement"], {}, {"rules": {"agreement": summary["agreement"]}}
         ),
     )
-
-
-def check_calibration_size(calibration: LabeledImages, cfg: ExitBuildConfig) -> None:
-    if len(calibration) < cfg.min_images:
-        raise OvclipError(
-            f"early exit needs at least {cfg.min_images} labelled calibration images (have {len(calibration)}); "
-            "pass a larger `calibration` set, or quantize without exits (early_exit=None)",
-            params="calibration",
-        )
 
 
 def class_text_embeddings(text: ov.Model, tokenizer, prompt_names: list[str], templates: list[str]) -> np.ndarray:

@@ -78,3 +78,17 @@ def split_calibration(n: int, cfg: ExitBuildConfig) -> tuple[np.ndarray, np.ndar
     a = int(cfg.split[0] * n)
     b = a + int(cfg.split[1] * n)
     return order[:a], order[a:b], order[b:]
+
+
+def check_calibration_size(calibration, cfg: ExitBuildConfig) -> None:
+    """Early exit needs `cfg.min_images` readable calibration images: say how many there are (and how many were
+    unreadable) and what to do."""
+    n, skipped = len(calibration), len(getattr(calibration, "skipped", []) or [])
+    if n >= cfg.min_images:
+        return
+    bad = f", {skipped:,} more unreadable and skipped (first: {calibration.skipped[0][0]})" if skipped else ""
+    raise OvclipError(
+        f"early exit needs at least {cfg.min_images:,} readable calibration images; {calibration.source} has "
+        f"{n:,}{bad}. Add images to `calibration`, or quantize without exits (early_exit=None)",
+        params="calibration",
+    )
