@@ -11,6 +11,7 @@ import click
 from ovclip import __version__
 from ovclip.cli.analyze import analyze
 from ovclip.cli.bench import bench
+from ovclip.cli.deploy import deploy
 from ovclip.cli.devices import devices
 from ovclip.cli.embed import embed, search
 from ovclip.cli.export import export, quantize
@@ -37,3 +38,4 @@ main.add_command(embed)
 main.add_command(search)
 main.add_command(serve)
 main.add_command(export_ovms)
+main.add_command(deploy)

@@ -29,6 +29,7 @@ from PIL import Image
 from ovclip.data.prompts import all_prompts, ensemble
 from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest
+from ovclip.folder.deployed import deployed_early_exit, deployed_precision
 from ovclip.ir import compile_model, read_model
 from ovclip.policy.rules import ExitPolicy
 from ovclip.preprocess import PreprocessConfig, preprocess
@@ -60,18 +61,23 @@ class Deployment:
         device: str = "CPU",
         *,
         hint: str = "latency",
-        inference_precision: str | None = "f32",
+        inference_precision: str | None = "deployed",
         verify: bool = True,
         streams: int | None = None,
         runtime: Runtime = "auto",
         cache_dir: str | Path | None = "default",
     ):
-        """`cache_dir`: OpenVINO's model cache (CACHE_DIR) — "default" caches on the devices where compiling is
-        slow (`ovclip.runtime.device.cache_dir_for`), None switches it off, a path caches there."""
+        """`inference_precision` (CPU): "f32", "bf16", "f16", None (the plugin's default) or "deployed" (the folder's
+        recorded choice, `ovclip.folder.deployed`; f32 without one). `cache_dir`: OpenVINO's model cache
+        (CACHE_DIR) — "default" caches on the devices where compiling is slow (`ovclip.runtime.device.cache_dir_for`),
+        None switches it off, a path caches there."""
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder, verify=verify)
         self.device = check_device(device)
         cpu = self.device.upper().startswith("CPU")
+        if inference_precision == "deployed":
+            inference_precision = deployed_precision(self.manifest)
+        self.deployed_early_exit = deployed_early_exit(self.manifest)  # what run_vision does by default
         self._config = compile_config(self.device, hint, inference_precision if cpu else None, streams, cache_dir)
         self.vision = self.manifest.vision
         self.num_layers: int = self.vision["num_layers"]
@@ -221,11 +227,13 @@ class Deployment:
         pixels: np.ndarray,
         class_embeddings: np.ndarray | None = None,
         *,
-        early_exit: bool = True,
+        early_exit: bool | None = None,
         policy: ExitPolicy | None = None,
     ) -> VisionOutput:
         """Full depth, or early exit per `policy` (default: the folder's): a sample leaves the batch at the first
-        exit whose rule lets it go; `early_exit=False` runs every sample to the end."""
+        exit whose rule lets it go; `early_exit=False` runs every sample to the end (None: on with a `policy` given,
+        else the folder's deployed choice, `deployed_early_exit`: on where it has a policy, unless it deploys
+        full depth)."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         size = self.vision["image_size"]
         if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
@@ -233,6 +241,8 @@ class Deployment:
                 f"{self.folder}: images must be a (N, 3, {size}, {size}) array (see Deployment.preprocess); "
                 f"got shape {pixels.shape}"
             )
+        if early_exit is None:  # a policy passed here is meant to run
+            early_exit = policy is not None or self.deployed_early_exit
         if policy is None:
             policy = self.policy if class_embeddings is not None else self.embedding_policy
         use_exits = early_exit and policy is not None
@@ -332,7 +342,12 @@ class Deployment:
         return self.run_vision(pixels, early_exit=early_exit).embeddings
 
     def classify(
-        self, pixels: np.ndarray, prompt_names: Sequence[str], templates: Sequence[str], *, early_exit: bool = True
+        self,
+        pixels: np.ndarray,
+        prompt_names: Sequence[str],
+        templates: Sequence[str],
+        *,
+        early_exit: bool | None = None,
     ) -> VisionOutput:
         return self.run_vision(pixels, self.class_embeddings(prompt_names, templates), early_exit=early_exit)
 
