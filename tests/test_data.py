@@ -499,8 +499,8 @@ def test_template_sets_are_chosen_by_name():
         "fashion-mnist"
     }
     assert template_set_of("/data/my-photos") == template_set_of("fashion_photos") == "generic"
-    with pytest.raises(OvclipError, match="templates='imagenet': choose one of fashion-mnist, generic") as e:
-        prompt_templates("imagenet")
+    with pytest.raises(OvclipError, match="templates='cifar': choose one of fashion-mnist, generic") as e:
+        prompt_templates("cifar")
     assert e.value.params == ("templates",)
     assert all_prompts(["cat", "{odd}"], ["a {}.", "{}!"]) == ["a cat.", "cat!", "a {odd}.", "{odd}!"]
 

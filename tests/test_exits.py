@@ -440,7 +440,7 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
         ),
         ({"gate_features": "all"}, "gate_features='all': give 'paper' or 'select'", ("gate_features",)),
         ({"placement": "best"}, "placement='best': give 'fixed' or 'auto'", ("placement",)),
-        ({"templates": "imagenet"}, "templates='imagenet': give 'fashion-mnist' or 'generic'", ("templates",)),
+        ({"templates": "cifar"}, "templates='cifar': give 'fashion-mnist' or ", ("templates",)),
     ],
 )
 def test_exit_build_config_refuses_bad_values_in_api_terms(kwargs, message, params):
