@@ -148,7 +148,16 @@ def _agreement_gate_policy(policy: ExitPolicy, sav: dict[int, np.ndarray]) -> Ex
     return ExitPolicy("gate", EXITS, policy.heads, {L: None for L in EXITS}, {EXITS[0]: first, **later})
 
 
-@pytest.mark.parametrize("rule", ["gate", "gate-agreement", "confidence", "agreement"])
+def _fidelity_policy(policy: ExitPolicy) -> ExitPolicy:
+    """Label-free fidelity rule: a linear model of the embedding, agreement with the previous exit from the second."""
+    from ovclip.policy.rules import FidelityModel
+
+    rng = np.random.default_rng(5)
+    models = {L: FidelityModel(rng.standard_normal(EMB), 0.3, 0.0 if j == 0 else 1.5) for j, L in enumerate(EXITS)}
+    return ExitPolicy("fidelity", EXITS, policy.heads, {L: None for L in EXITS}, predictors=models)
+
+
+@pytest.mark.parametrize("rule", ["gate", "gate-agreement", "confidence", "agreement", "fidelity"])
 def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
     """Same exits and embeddings from the one-graph runtime as from the stage-by-stage numpy cascade."""
     model, heads, folder, policy = tiny
@@ -165,6 +174,7 @@ def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
         "gate": _gate_policy(policy, sav),
         "gate-agreement": _agreement_gate_policy(policy, sav),
         "confidence": policy,
+        "fidelity": _fidelity_policy(policy),
     }.get(rule) or ExitPolicy("agreement", EXITS, policy.heads, {L: None for L in EXITS})
     # per exit, a threshold near the 40% quantile of that exit's scores, so every exit takes some samples
     thresholds, prev, prev_scores = {}, None, None

@@ -7,6 +7,9 @@ Rules:
 - ``confidence``: the baseline the paper beats: top-1 softmax probability >= tau_L.
 - ``agreement``: needs no label set (embedding/retrieval use): cosine between this exit's embedding and
   the previous exit's >= tau_L; the first exit has no previous one, so samples leave from the second on.
+- ``fidelity``: needs no label set: the exit's predicted cosine to the full-depth embedding (`FidelityModel`,
+  a linear function of the exit's embedding and, from the second exit on, its agreement with the previous
+  exit) >= tau_L; calibrated so the mean cosine to full depth stays above a bound (`ovclip.exits.fidelity`).
 A threshold of ``None`` means "never exit here".
 """
 
@@ -19,8 +22,9 @@ import numpy as np
 
 from ovclip.errors import OvclipError
 
-Rule = Literal["gate", "confidence", "agreement"]
+Rule = Literal["gate", "confidence", "agreement", "fidelity"]
 RULES: tuple[Rule, ...] = get_args(Rule)
+LABEL_FREE_RULES: tuple[Rule, ...] = ("agreement", "fidelity")
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -130,6 +134,36 @@ class Gate:
 
 
 @dataclass
+class FidelityModel:
+    """Predicted cosine of an exit's embedding to the full-depth one: w . emb + agreement_weight * cos(emb,
+    previous exit's emb) + b, on the normalised embeddings (agreement_weight 0: the previous exit is not read)."""
+
+    w: np.ndarray
+    b: float
+    agreement_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.w = np.asarray(self.w, np.float64).reshape(-1)
+
+    @property
+    def needs_previous(self) -> bool:
+        return self.agreement_weight != 0.0
+
+    def __call__(self, emb: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
+        out = np.asarray(emb, np.float64) @ self.w + self.b
+        if self.needs_previous:
+            out = out + self.agreement_weight * np.sum(np.asarray(emb, np.float64) * np.asarray(prev, np.float64), 1)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"w": self.w.tolist(), "b": float(self.b), "agreement_weight": float(self.agreement_weight)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FidelityModel:
+        return cls(np.asarray(d["w"], float), float(d["b"]), float(d.get("agreement_weight", 0.0)))
+
+
+@dataclass
 class ExitPolicy:
     rule: Rule
     exits: list[int]
@@ -137,6 +171,7 @@ class ExitPolicy:
     thresholds: dict[int, float | None]
     gates: dict[int, Gate] = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # how it was calibrated, figures measured then
+    predictors: dict[int, FidelityModel] = field(default_factory=dict)  # rule "fidelity": one per exit
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -145,10 +180,16 @@ class ExitPolicy:
             raise OvclipError("a 'gate' exit policy needs one gate per exit layer")
         if self.rule == "gate" and self.exits and self.gates[self.exits[0]].needs_previous:
             raise OvclipError(f"the gate of the first exit ({self.exits[0]}) cannot use the previous exit's features")
+        if self.rule == "fidelity" and set(self.predictors) != set(self.exits):
+            raise OvclipError("a 'fidelity' exit policy needs one fidelity model per exit layer")
+        if self.rule == "fidelity" and self.exits and self.predictors[self.exits[0]].needs_previous:
+            raise OvclipError(f"the fidelity model of the first exit ({self.exits[0]}) cannot read the previous exit")
 
     @property
     def needs_previous(self) -> bool:
         """Whether an exit's decision uses the previous exit's outputs (heads run at every earlier exit)."""
+        if self.rule == "fidelity":
+            return any(p.needs_previous for p in self.predictors.values())
         return self.rule == "agreement" or (self.rule == "gate" and any(g.needs_previous for g in self.gates.values()))
 
     @property
@@ -173,6 +214,8 @@ class ExitPolicy:
             return self.gates[layer](scores, sav, emb, prev, prev_scores)
         if self.rule == "confidence":
             return confidence_features(scores)[0]
+        if self.rule == "fidelity":
+            return self.predictors[layer](emb, prev)
         if prev is None:
             return np.full(len(emb), -np.inf)
         return np.sum(emb * prev, axis=1)
@@ -205,6 +248,7 @@ class ExitPolicy:
             "heads": {str(k): v for k, v in self.heads.items()},
             "thresholds": {str(k): v for k, v in self.thresholds.items()},
             "gates": {str(k): g.to_dict() for k, g in self.gates.items()},
+            **({"predictors": {str(k): p.to_dict() for k, p in self.predictors.items()}} if self.predictors else {}),
             "info": self.info,
         }
 
@@ -218,6 +262,7 @@ class ExitPolicy:
                 thresholds={int(k): (None if v is None else float(v)) for k, v in d["thresholds"].items()},
                 gates={int(k): Gate.from_dict(g) for k, g in d.get("gates", {}).items()},
                 info=d.get("info", {}),
+                predictors={int(k): FidelityModel.from_dict(p) for k, p in d.get("predictors", {}).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise OvclipError(f"the manifest's exit_policy is malformed ({e}); re-run `ovclip quantize`") from None

@@ -26,7 +26,7 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
-from ovclip.policy.rules import ExitPolicy
+from ovclip.policy.rules import ExitPolicy, FidelityModel
 
 
 def _graft(model: ov.Model, source: ov.Output) -> list[ov.Output]:
@@ -85,6 +85,16 @@ def _gate_inputs(
     return cols
 
 
+def _fidelity(model: FidelityModel, emb: ov.Output, prev) -> ov.Output:
+    """The graph twin of `FidelityModel.__call__`: emb @ w + b (+ agreement_weight * cos(emb, prev))."""
+    w = np.asarray(model.w, np.float32).reshape(-1, 1)
+    z = ops.add(ops.reshape(ops.matmul(emb, w, False, False), np.array([-1], np.int64), False), np.float32(model.b))
+    if model.needs_previous:
+        agreement = ops.reduce_sum(ops.multiply(emb, prev), np.array([1], np.int64))
+        z = ops.add(z, ops.multiply(agreement, np.float32(model.agreement_weight)))
+    return z.output(0)
+
+
 def _exit_score(
     policy: ExitPolicy, layer: int, emb: ov.Output, sav: ov.Output, scores, prev, prev_scores
 ) -> tuple[ov.Output, float]:
@@ -94,6 +104,8 @@ def _exit_score(
         return ops.reduce_sum(ops.multiply(emb, prev), np.array([1], np.int64)).output(0), tau
     if policy.rule == "confidence":
         return _top2_features(scores)[0], tau
+    if policy.rule == "fidelity":
+        return _fidelity(policy.predictors[layer], emb, prev), tau
     g = policy.gates[layer]
     z = ops.constant(np.float32(g.b))
     for k, f in enumerate(_gate_inputs(g.features, scores, sav, emb, prev, prev_scores)):
