@@ -11,16 +11,17 @@ deployed rule is then fitted once more on the whole pool. The test split is neve
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
-from ovclip.exits.gate_fit import select_gate
+from ovclip.exits.gate_fit import fit_gate, select_gate
 from ovclip.exits.thresholds import FlopsBudget, MaxDrop, Objective, Thresholds, choose_thresholds, grid
 from ovclip.policy.cascade import Trace, exit_layers
 from ovclip.policy.rules import PAPER_GATE_FEATURES, ExitPolicy, Gate, Rule
 from ovclip.policy.trace import exit_scores
+from ovclip.progress import Progress, note
 
 if TYPE_CHECKING:
     from ovclip.exits.calibrate import ExitOutputs
@@ -69,8 +70,13 @@ def fit_gates(pool: Pool, candidate: Candidate, idx: np.ndarray) -> dict[int, Ga
         if j:
             P = pool.layers[j - 1]
             ctx |= {"prev": o.embeddings[P][idx], "prev_scores": o.scores[P][idx]}
-        fixed = PAPER_GATE_FEATURES if candidate == "paper" else None
-        gates[L] = select_gate(o.scores[L][idx], o.sav[L][idx], o.correct[L][idx], features=fixed, **ctx)[0]
+        args = (o.scores[L][idx], o.sav[L][idx], o.correct[L][idx])
+        # the paper's set is fixed: fitted as `select_gate(features=...)` fits it, without measuring every set
+        gates[L] = (
+            fit_gate(*args, features=PAPER_GATE_FEATURES, **ctx)
+            if candidate == "paper"
+            else select_gate(*args, **ctx)[0]
+        )
     return gates
 
 
@@ -240,3 +246,34 @@ def choose_rule(
     record["chosen"] = chosen
     policy = ExitPolicy(POLICY_RULE[chosen], list(pool.layers), {}, final.thresholds[0], final.gates)
     return RuleChoice(policy, record)
+
+
+def deployed_rule(
+    paper: ExitPolicy,
+    mode: ExitRuleMode,
+    out: ExitOutputs,
+    head_split: np.ndarray,
+    geometry: tuple[dict, int, int],
+    objective: Objective,
+    *,
+    budgets: tuple[float, ...],
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ExitPolicy:
+    """The build's class-score exit policy for `mode`: "paper"/"select" keep the gate path's policy `paper` as
+    it is; otherwise `choose_rule` on the heads' outputs (`geometry`: vision record, embedding size, classes).
+    The manifest's `info.exit_rule` records the mode and, for "auto", every candidate's cross-fitted points."""
+    if mode in ("paper", "select"):
+        return replace(paper, info={**paper.info, "exit_rule": {"mode": mode}})
+    pool = pool_of(out, paper.exits, *geometry)
+    choice = choose_rule(pool, mode, head_split, objective, budgets=budgets, seed=seed)
+    note(progress, describe_choice(choice.record))
+    return replace(choice.policy, info={**paper.info, "exit_rule": choice.record})
+
+
+def describe_choice(rec: dict) -> str:
+    text = f"exit rule ({rec['mode']}): {rec['chosen']}"
+    if "objective" in rec:
+        oof = ", ".join(f"{c} {100 * v['top1']:.2f}%" for c, v in rec["objective"].items())
+        text += f"; cross-fitted top-1 ({rec['folds']} folds, {rec['fitted_on']:,} images): {oof}"
+    return text
