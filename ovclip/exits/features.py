@@ -36,9 +36,11 @@ def collect_features(
     chunk: int = 200,
     progress: Progress | None = None,
 ) -> Features:
-    """Run every image through the INT8 and FP32 blocks once, keeping what the heads and INR need."""
+    """Run every image through the INT8 and FP32 blocks once, keeping what the heads and INR need (`blocks` that
+    are `fp32_blocks`, a float tower's exits: one pass serves both)."""
+    same = blocks is fp32_blocks
     q = [compile_f32(b) for b in blocks]
-    f = [compile_f32(b) for b in fp32_blocks]
+    f = q if same else [compile_f32(b) for b in fp32_blocks]
     want = set(layers)
     pooled: dict[int, list] = {L: [] for L in layers}
     sav: dict[int, list] = {L: [] for L in layers}
@@ -47,7 +49,7 @@ def collect_features(
     n = len(data)
     for i in range(0, n, chunk):
         px = data.pixels(np.arange(i, min(n, i + chunk)), preprocess)
-        for compiled, store_int8 in ((q, True), (f, False)):
+        for compiled, store_int8 in ((q, True),) if same else ((q, True), (f, False)):
             x = px
             for k, c in enumerate(compiled):
                 x = np.array(c(x)[0])
@@ -58,9 +60,11 @@ def collect_features(
                     if store_int8 and layer in want:
                         pooled[layer].append(mean)
                         sav[layer].append(((patches - mean[:, None]) ** 2).sum(-1).mean(-1))
-                    if not store_int8 and layer in fpool:
+                    if (same or not store_int8) and layer in fpool:
                         fpool[layer].append(mean)
             (finals if store_int8 else ffinals).append(l2_normalize(x))
+            if same:
+                ffinals.append(finals[-1])
         note(progress, f"exit features: {min(n, i + chunk)}/{n} images")
     return Features(
         {k: np.concatenate(v) for k, v in pooled.items()},
