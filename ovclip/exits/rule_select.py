@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 
 from ovclip.exits.gate_fit import fit_gate, select_gate
+from ovclip.exits.rule_modes import ExitRuleMode
 from ovclip.exits.thresholds import FlopsBudget, MaxDrop, Objective, Thresholds, choose_thresholds, grid
 from ovclip.policy.cascade import Trace, exit_layers
 from ovclip.policy.rules import PAPER_GATE_FEATURES, ExitPolicy, Gate, Rule
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
 Candidate = Literal["confidence", "label-free", "paper", "select"]  # in order of simplicity (ties)
 CANDIDATES: tuple[Candidate, ...] = get_args(Candidate)
-ExitRuleMode = Literal["auto", "paper", "select", "confidence", "label-free"]
-EXIT_RULE_MODES: tuple[str, ...] = get_args(ExitRuleMode)
 POLICY_RULE: dict[str, Rule] = {
     "paper": "gate",
     "select": "gate",
