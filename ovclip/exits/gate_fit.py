@@ -37,7 +37,11 @@ def fit_logistic(
     """Maximum-likelihood logistic regression (small ridge) on standardised columns of `x`;
     returns (w, b, mu, sd): P(correct) = sigmoid(((x - mu) / sd) @ w + b)."""
     mu, sd = x.mean(0), x.std(0) + 1e-12
-    model = _logistic(ridge, iters).fit((x - mu) / sd, np.asarray(correct, bool))
+    y = np.asarray(correct, bool)
+    if y.all() or not y.any():  # one class: no finite fit; a constant gate at the rate (+1/2 smoothed, Jeffreys)
+        rate = (y.sum() + 0.5) / (len(y) + 1.0)
+        return np.zeros(x.shape[1]), float(np.log(rate / (1 - rate))), mu, sd
+    model = _logistic(ridge, iters).fit((x - mu) / sd, y)
     return model.coef_[0].astype(np.float64), float(model.intercept_[0]), mu, sd
 
 
