@@ -137,7 +137,8 @@ def torch_vision(module):
 
 
 def evaluate(deps: dict, paper_int8, val, classes: dict, cfg, chunk: int = 64) -> dict:
-    """One pass over `val`: per variant the top-1 correctness and scores; for early exit the exit blocks."""
+    """One pass over `val`: per variant the top-1/top-5 correctness (where there are class embeddings to score
+    against); for early exit the exit blocks."""
     got = {name: {"correct": [], "top5": [], "exit_layer": []} for name, _ in ROWS}
     for i in range(0, len(val), chunk):
         idx = np.arange(i, min(i + chunk, len(val)))
@@ -148,13 +149,19 @@ def evaluate(deps: dict, paper_int8, val, classes: dict, cfg, chunk: int = 64) -
             "ovclip-int8-ee": deps["int8"].run_vision(px, classes["int8"], early_exit=True),
         }
         scores = {name: o.scores for name, o in outs.items()}
-        scores["paper-int8"] = C.l2n(paper_int8(px)) @ classes["fp32"].T
+        if classes["fp32"] is not None:
+            scores["paper-int8"] = C.l2n(paper_int8(px)) @ classes["fp32"].T
         for name, s in scores.items():
+            if s is None:
+                continue
             top5 = np.argsort(-s, axis=1)[:, :5]
             got[name]["correct"].append(top5[:, 0] == labels)
             got[name]["top5"].append((top5 == labels[:, None]).any(axis=1))
         got["ovclip-int8-ee"]["exit_layer"].append(outs["ovclip-int8-ee"].exit_layer)
-    return {n: {k: np.concatenate(v) if v else None for k, v in d.items()} for n, d in got.items()}
+    out = {n: {k: np.concatenate(v) if v else None for k, v in d.items()} for n, d in got.items()}
+    for d in out.values():
+        d["n"] = len(val)
+    return out
 
 
 def row_metrics(name: str, res: dict, dep, trained: bool, n_classes: int) -> dict:
@@ -163,7 +170,7 @@ def row_metrics(name: str, res: dict, dep, trained: bool, n_classes: int) -> dic
 
     emb = int(dep.manifest["embedding_dim"])
     full = full_depth_flops(dep.vision, emb)
-    row = {"variant": name, "n_images": len(res["correct"]), "flops_per_image": full, "flops_saving": 0.0}
+    row = {"variant": name, "n_images": res["n"], "flops_per_image": full, "flops_saving": 0.0}
     row.update(top1=None, top5=None, accuracy_note=RANDOM_REASON, exit_share=None, rescue=None)
     if trained:
         row.update(top1=float(res["correct"].mean()), top5=float(res["top5"].mean()), accuracy_note=None)
@@ -258,7 +265,10 @@ def measure(ckpt, val, calib, out: Path, args, progress) -> dict:
     fp32_dir, int8_dir = build_folders(ckpt, calib, out, template_set, args, progress)
     deps = {"fp32": Deployment(fp32_dir), "int8": Deployment(int8_dir)}
     print(f"exits   : blocks {deps['int8'].policy.exits} ({deps['int8'].policy.rule})", flush=True)
-    classes = {k: d.class_embeddings(val.prompt_names, templates) for k, d in deps.items()}
+    # the INT8 folder's class embeddings drive its exits; the FP32 folder's are only needed to score accuracy
+    classes = {"int8": deps["int8"].class_embeddings(val.prompt_names, templates), "fp32": None}
+    if ckpt.trained:
+        classes["fp32"] = deps["fp32"].class_embeddings(val.prompt_names, templates)
     _, int8_tower = build_towers(ckpt.model.eval())
     paper_int8 = torch_vision(int8_tower)
     res = evaluate(deps, paper_int8, val, classes, ckpt.preprocess)
