@@ -18,8 +18,18 @@ import numpy as np
 
 from ovclip.exits.gate_fit import fit_gate, select_gate
 from ovclip.exits.rule_modes import ExitRuleMode
-from ovclip.exits.thresholds import FlopsBudget, MaxDrop, Objective, Thresholds, choose_thresholds, grid
-from ovclip.policy.cascade import Trace, exit_layers
+from ovclip.exits.thresholds import (
+    FlopsBudget,
+    MaxDrop,
+    Objective,
+    Thresholds,
+    _pick,
+    _small,
+    choose_thresholds,
+    evaluate_grid,
+    grid,
+)
+from ovclip.policy.cascade import Trace, evaluate, exit_layers
 from ovclip.policy.rules import PAPER_GATE_FEATURES, ExitPolicy, Gate, Rule
 from ovclip.policy.trace import exit_scores
 from ovclip.progress import Progress, note
@@ -79,13 +89,24 @@ def fit_gates(pool: Pool, candidate: Candidate, idx: np.ndarray) -> dict[int, Ga
     return gates
 
 
-def fit_thresholds(pool: Pool, candidate: Candidate, tr: Trace, objective: Objective) -> tuple[Thresholds, bool]:
-    """Thresholds meeting `objective` on `tr` (agreement never exits at its first exit), and whether any
-    thresholds meet a FLOPs budget at all."""
+def fit_thresholds(candidate: Candidate, tr: Trace, objectives: list[Objective]) -> list[tuple[Thresholds, bool]]:
+    """Per objective, the thresholds `choose_thresholds` picks on `tr` (agreement never exits at its first exit)
+    and whether they meet it (a FLOPs budget no thresholds meet: False). FLOPs budgets share one evaluation of
+    the threshold grid where `for_budget` would evaluate it whole, and pick from it as `for_budget` does."""
     grids = {L: ([None] if candidate == "label-free" and j == 0 else grid(tr.score[L])) for j, L in enumerate(tr.exits)}
-    t, _, fl = choose_thresholds(tr, grids, objective)
-    feasible = not isinstance(objective, FlopsBudget) or fl <= objective.fraction * tr.flops[tr.num_layers] + 1e-6
-    return t, feasible
+    full = tr.flops[tr.num_layers]
+    shared = evaluate_grid(tr, grids) if _small(tr, grids) else None
+    out = []
+    for obj in objectives:
+        if isinstance(obj, FlopsBudget) and shared is not None:
+            feasible = shared.flops / shared.n <= obj.fraction * full + 1e-6
+            score = np.where(feasible, shared.correct - 1e-9 * shared.flops / full, -np.inf)
+            t = _pick(grids, tr.exits, np.unravel_index(int(np.argmax(score)), score.shape))
+            _, fl, _ = evaluate(tr, t)
+        else:
+            t, _, fl = choose_thresholds(tr, grids, obj)
+        out.append((t, not isinstance(obj, FlopsBudget) or fl <= obj.fraction * full + 1e-6))
+    return out
 
 
 @dataclass
@@ -100,7 +121,7 @@ def fit_rule(pool: Pool, candidate: Candidate, idx: np.ndarray, objectives: list
     """`candidate`'s gates and its thresholds for every objective, all fitted on the images `idx`."""
     gates = fit_gates(pool, candidate, idx)
     tr = pool.trace(candidate, idx, gates)
-    fits = [fit_thresholds(pool, candidate, tr, obj) for obj in objectives]
+    fits = fit_thresholds(candidate, tr, objectives)
     return FittedRule(candidate, gates, [t for t, _ in fits], [f for _, f in fits])
 
 
