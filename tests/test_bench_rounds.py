@@ -364,3 +364,22 @@ def test_bench_startup_cold_and_warm_cache(fp32_folder, tmp_path):
     for mode in ("off", "cold", "warm"):
         assert s[mode]["compile_s"] > 0 and s[mode]["first_inference_ms"] > 0 and s[mode]["runtime"] == "graph"
     assert s["warm_over_off_compile"] == pytest.approx(s["warm"]["compile_s"] / s["off"]["compile_s"])
+
+
+def test_folder_with_only_a_label_free_rule_exits_on_labelled_data(ee_folder, labelled_folder, tmp_path):
+    """A folder calibrated without labels has no class rule: with labels given, its early-exit record still runs
+    its label-free rule (and scores top-1 with the class embeddings)."""
+    folder = tmp_path / "label-free-only"
+    shutil.copytree(ee_folder, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    data.pop("files")
+    data.pop("exit_policy")
+    write_manifest(folder, data)
+    out = tmp_path / "r.json"
+    full, ee = records_of(run("bench", folder, "--data", labelled_folder, "--rounds", "1", *FAST, "--json", out), out)
+    dep = Deployment(folder, runtime="stages")
+    files = sorted(labelled_folder.rglob("*.png"))
+    want = dep.run_vision(pixels_of(files, dep), early_exit=True)
+    assert ee["exit_rule"] == "agreement" and ee["top1"] is not None and ee["deployed"]
+    assert ee["exit_histogram"] == {str(L): int(np.sum(want.exit_layer == L)) for L in [1, 2, 3, 4]}
+    assert ee["retrieval"]["exit_rule"] == "agreement" and "rescue" in ee

@@ -94,6 +94,6 @@ def add_fidelity(prepared, settings, dataset, progress: Progress | None) -> None
             fid["exit_rule"] = res.rule
             if which == "measured":
                 p.record["fidelity"] = fid
-            if which == "label_free" or (p.variant.early_exit and p.class_emb is None):
+            if which == "label_free" or (p.variant.early_exit and p.policy is p.dep.embedding_policy):
                 p.record.setdefault("retrieval", {})["fidelity"] = fid
         p.neighbours.clear()  # not needed past here, and N x 10 per pass

@@ -30,29 +30,32 @@ class AccuracyResult:
 
 
 def policy_used(dep: Deployment, class_emb: np.ndarray | None, ee: bool):
-    """The exit policy `run_vision` applies: the class rule with class embeddings, else the label-free one."""
+    """The exit policy a variant runs: with class embeddings the folder's class rule (or its label-free rule where it
+    has none, e.g. a folder calibrated on unlabeled images), without them the label-free rule; None: full depth."""
     if not ee:
         return None
-    return dep.policy if class_emb is not None else dep.embedding_policy
+    if class_emb is not None and dep.policy is not None:
+        return dep.policy
+    return dep.embedding_policy
 
 
 def accuracy_pass(
     dep: Deployment, dataset, class_emb: np.ndarray | None, ee: bool, chunk: int, tick=None
 ) -> AccuracyResult:
     """The whole set streamed in chunks (pixels are not all held at once): embeddings and exits; top-1/top-5
-    when the set has labels and `class_emb` is given. Without class embeddings early exit runs the
-    folder's label-free rule."""
+    when the set has labels and `class_emb` is given. Early exit runs `policy_used`'s rule."""
+    policy = policy_used(dep, class_emb, ee)
     scores, exit_layer, emb = [], [], []
     for i in range(0, len(dataset), chunk):
         idx = np.arange(i, min(i + chunk, len(dataset)))
-        out = dep.run_vision(dataset.pixels(idx, dep.preprocess_config), class_emb, early_exit=ee)
+        px = dataset.pixels(idx, dep.preprocess_config)
+        out = dep.run_vision(px, class_emb, early_exit=policy is not None, policy=policy)
         scores.append(out.scores)
         exit_layer.append(out.exit_layer)
         emb.append(out.embeddings)
         if tick:
             tick(min(1.0, (i + chunk) / len(dataset)))
     el = np.concatenate(exit_layer)
-    policy = policy_used(dep, class_emb, ee)
     classes = 0 if class_emb is None else len(class_emb)
     emb_dim = int(dep.manifest["embedding_dim"])
     labels = getattr(dataset, "labels", None)

@@ -36,7 +36,7 @@ def add_retrieval(prepared, dataset, captions_path: str | Path | None, strict: b
 
 def label_free_pass(p, dataset, progress: Progress | None = None) -> AccuracyResult | None:
     """The pass over `dataset` without class embeddings: the measured one where it already ran that way."""
-    if not p.variant.early_exit or p.class_emb is None:
+    if not p.variant.early_exit or p.policy is p.dep.embedding_policy:
         return p.measured
     if p.label_free is None:
         name = p.variant.name

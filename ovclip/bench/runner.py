@@ -102,8 +102,14 @@ class Prepared:
     label_free: AccuracyResult | None = None  # the pass without class embeddings (retrieval), when it differs
     neighbours: dict = field(default_factory=dict)  # nearest-neighbour lists by pass name, computed once
 
-    def run(self, batch: np.ndarray) -> None:
-        self.dep.run_vision(batch, self.class_emb, early_exit=self.variant.early_exit)
+    @property
+    def policy(self):
+        """The exit policy this variant runs (None: full depth), `ovclip.bench.passes.policy_used`."""
+        return policy_used(self.dep, self.class_emb, self.variant.early_exit)
+
+    def run(self, batch: np.ndarray):
+        policy = self.policy
+        return self.dep.run_vision(batch, self.class_emb, early_exit=policy is not None, policy=policy)
 
     def time_once(self, seconds: float, on_tick=None) -> Timing:
         return measure(self.run, self.pool, nireq=self.nireq, seconds=seconds, on_tick=on_tick)
@@ -179,12 +185,12 @@ def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templat
     t0 = time.perf_counter()
     dep.compile_vision(policy)
     t1 = time.perf_counter()
-    dep.run_vision(pool[0], class_emb, early_exit=v.early_exit)
+    p = Prepared({}, dep, v, class_emb, pool, 1)
+    p.run(pool[0])
     t2 = time.perf_counter()
-    nireq = settings.nireq or (optimal_nireq(dep) if get_scenario(settings.scenario).concurrent else 1)
-    rec = _base_record(folder, manifest, settings, dep, v, nireq)
+    p.nireq = settings.nireq or (optimal_nireq(dep) if get_scenario(settings.scenario).concurrent else 1)
+    p.record = rec = _base_record(folder, manifest, settings, dep, v, p.nireq)
     rec["compile_s"], rec["first_inference_ms"] = t1 - t0, 1000 * (t2 - t1)
-    p = Prepared(rec, dep, v, class_emb, pool, nireq)
     if v.early_exit:
         rec["flops_saving_timed"] = _pool_saving(p, policy)
     if settings.accuracy and dataset is not None and manifest.trained:
@@ -223,7 +229,7 @@ def _base_record(folder, manifest, settings: BenchSettings, dep: Deployment, v: 
 
 def _pool_saving(p: Prepared, policy) -> float:
     """FLOPs saving on the very images timed (the pool), which may differ from the whole set's."""
-    el = np.concatenate([p.dep.run_vision(b, p.class_emb, early_exit=True).exit_layer for b in p.pool])
+    el = np.concatenate([p.run(b).exit_layer for b in p.pool])
     classes = 0 if p.class_emb is None else len(p.class_emb)
     emb = int(p.dep.manifest["embedding_dim"])
     return 1.0 - mean_flops(p.dep.vision, emb, el, policy.exits, classes) / full_depth_flops(p.dep.vision, emb)
@@ -245,11 +251,11 @@ def _measure_pass(p: Prepared, dataset, settings: BenchSettings, progress) -> No
     rec = p.record
     rec.update(n_images=res.n, top1=res.top1, top5=res.top5, exit_rule=res.rule)
     if p.variant.early_exit:
-        policy = policy_used(dep, p.class_emb, True)
+        policy = p.policy
         rec["exit_histogram"] = {str(L): int(np.sum(res.exit_layer == L)) for L in [*policy.exits, dep.num_layers]}
         rec["flops_per_image"] = res.mean_flops
         rec["flops_saving"] = res.flops_saving
-        if p.class_emb is not None and res.top1 is not None:
+        if policy is dep.policy and p.class_emb is not None and res.top1 is not None:  # the class rule's points
             rec["pareto"] = pareto_on_data(dep, dataset, p.class_emb, settings.query_size * 8)
 
 
