@@ -164,3 +164,32 @@ def test_a_fixed_rule_is_fitted_on_the_whole_pool_without_cross_fitting():
     )
     lf = choose_rule(pool, "label-free", np.arange(300), FlopsBudget(0.8), budgets=BUDGETS)
     assert lf.policy.rule == "agreement" and lf.policy.thresholds[2] is None  # no previous exit at the first
+
+
+def test_paper_and_select_keep_the_gate_paths_policy():
+    from ovclip.exits.rule_select import deployed_rule
+    from ovclip.policy.rules import ExitPolicy, Gate
+
+    gates = {L: Gate(w=np.ones(3), b=0.5, mu=np.zeros(3), sd=np.ones(3)) for L in LAYERS}
+    paper = ExitPolicy("gate", LAYERS, {}, {2: 0.7, 4: None}, gates, {"rules": {"gate": {}}})
+    out = synthetic("sav", n=300)
+    for mode in ("paper", "select"):
+        kept = deployed_rule(paper, mode, out, np.arange(100), ({}, 0, 0), FlopsBudget(0.8), budgets=BUDGETS)
+        assert kept.to_dict() | {"info": {}} == paper.to_dict() | {"info": {}}  # same exits, thresholds, gates
+        assert kept.info == {**paper.info, "exit_rule": {"mode": mode}}
+
+
+@pytest.mark.parametrize("candidate", CANDIDATES)
+def test_thresholds_for_many_budgets_equal_the_search_one_budget_at_a_time(candidate):
+    from ovclip.exits.rule_select import fit_gates, fit_thresholds
+    from ovclip.exits.thresholds import MaxDrop, choose_thresholds, grid
+
+    pool = pool_of("sav", n=600)
+    idx = np.arange(600)
+    tr = pool.trace(candidate, idx, fit_gates(pool, candidate, idx))
+    objectives = [FlopsBudget(b) for b in (1.0, 0.9, 0.75, 0.6, 0.4)] + [MaxDrop(2.0)]
+    grids = {L: ([None] if candidate == "label-free" and j == 0 else grid(tr.score[L])) for j, L in enumerate(LAYERS)}
+    for obj, (t, feasible) in zip(objectives, fit_thresholds(candidate, tr, objectives), strict=True):
+        t1, _, fl = choose_thresholds(tr, grids, obj)
+        assert t == t1
+        assert feasible == (not isinstance(obj, FlopsBudget) or fl <= obj.fraction * 6 + 1e-6)
