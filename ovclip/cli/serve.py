@@ -39,6 +39,13 @@ def _label_sets(specs: tuple[str, ...]):
     "'fashion-mnist' is always there.",
 )
 @click.option("--name", "model_name", default="ovclip", show_default=True, help="KServe v2 model name prefix.")
+@click.option(
+    "--ingress",
+    type=click.Choice(["haproxy", "proxy"]),
+    default="haproxy",
+    show_default=True,
+    help="Local Ray: Ray Serve's HAProxy ingress (requests go straight to a replica) or its Python proxy.",
+)
 @friendly
 def serve(
     folder,
@@ -53,6 +60,7 @@ def serve(
     cpus_per_replica,
     label_sets,
     model_name,
+    ingress,
 ):
     """Serve a deployment folder over HTTP: /v1 embed and classify, KServe v2 /v2, /health and /metrics."""
     from ovclip.serve import ServeOptions, start_server
@@ -68,7 +76,7 @@ def serve(
         label_sets=tuple(_label_sets(label_sets)),
         model_name=model_name,
     )
-    server = start_server(options, host=host, port=port, ray_address=ray_address, progress=print_note)
+    server = start_server(options, host=host, port=port, ray_address=ray_address, ingress=ingress, progress=print_note)
     log(f"serving {folder} at {server.url} ({replicas} replica(s)); Ctrl-C stops")
     try:
         while True:

@@ -120,6 +120,7 @@ class OvclipServer:
         self.models: dict[str, V2Model] = v2_models(dep, options.model_name)
         self.metrics = ReplicaMetrics(dep.num_layers)
         api.state.metrics = self.metrics
+        api.state.metrics_changed = self._mark_dirty
         streams = _optimal_requests(dep)
         self.pool = ThreadPoolExecutor(streams, thread_name_prefix="ovclip-infer")
         self.batched = serve.batch(
@@ -131,6 +132,7 @@ class OvclipServer:
         self.store = store
         self.replica = serve.get_replica_context().replica_id.unique_id
         self._pusher: asyncio.Task | None = None
+        self._dirty = False
         self._warm_up(dep)
 
     def _warm_up(self, dep: Deployment) -> None:
@@ -206,7 +208,6 @@ class OvclipServer:
         response = _json(obj)
         self.metrics.stage.labels("respond").observe(time.perf_counter() - t0)
         self.metrics.images.labels(endpoint).inc(images)
-        self._mark_dirty()
         return response
 
     def _observe_exits(self, out: VisionOutput) -> None:
@@ -265,12 +266,16 @@ class OvclipServer:
 
     # -- metrics -----------------------------------------------------------------------------------
     def _mark_dirty(self) -> None:
+        """New counts: pushed to the store within PUSH_PERIOD_S, counts that arrive during a push included."""
+        self._dirty = True
         if self._pusher is None or self._pusher.done():
-            self._pusher = asyncio.get_running_loop().create_task(self._push_later())
+            self._pusher = asyncio.get_running_loop().create_task(self._push_loop())
 
-    async def _push_later(self) -> None:
-        await asyncio.sleep(PUSH_PERIOD_S)
-        await self._push()
+    async def _push_loop(self) -> None:
+        while self._dirty:
+            await asyncio.sleep(PUSH_PERIOD_S)
+            self._dirty = False
+            await self._push()
 
     async def _push(self) -> None:
         try:
@@ -339,7 +344,6 @@ class OvclipServer:
         out = await self._vision(np.ascontiguousarray(pixels), class_embeddings=cls)
         self._observe_exits(out)
         self.metrics.images.labels("/v2/infer").inc(len(pixels))
-        self._mark_dirty()
         return {"image_embeds": out.embeddings, "exit_layer": out.exit_layer.astype(np.int32)}
 
 

@@ -1,6 +1,7 @@
 """ASGI middleware that counts every HTTP request of a replica: requests by endpoint and status, latency,
-errors by kind. The endpoint is the matched route's template (`/v2/models/{name}/infer`), so the label set
-stays small; a request that matches no route is counted under `unmatched`."""
+errors by kind; then it tells the replica its counts changed (so they reach the metrics store). The endpoint is
+the matched route's template (`/v2/models/{name}/infer`), so the label set stays small; a request that matches
+no route is counted under `unmatched`."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ class Observe:
         try:
             await self.app(scope, receive, capture)
         finally:
-            metrics = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
+            state = scope["app"].state if "app" in scope else None
+            metrics = getattr(state, "metrics", None)
             if metrics is not None:
                 route = scope.get("route")
                 endpoint = getattr(route, "path", None) or "unmatched"
@@ -36,3 +38,4 @@ class Observe:
                 if code >= 400:
                     kind = (scope.get("state") or {}).get("error_kind") or ("internal" if code >= 500 else "other")
                     metrics.errors.labels(endpoint, kind).inc()
+                state.metrics_changed()
