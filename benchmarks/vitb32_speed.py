@@ -1,5 +1,6 @@
-"""ViT-B/32 image-tower speed (random weights, speed only): FP32 (f32), bf16 where the CPU has it and
-ovclip INT8, timed in one run beside the machine's MatMul limit of the same shapes.
+"""ViT-B/32 image-tower speed (random weights, speed only): FP32 (f32), FP32 at the plugin's default float
+precision (no hint: bf16 on CPUs with AMX/AVX512_BF16, f32 elsewhere), bf16 where the CPU has it and ovclip
+INT8, timed in one run beside the machine's MatMul limit of the same shapes.
 
     python benchmarks/vitb32_speed.py                          # 20 s x 3 rounds per variant
     python benchmarks/vitb32_speed.py --smooth-quant off,auto  # one INT8 variant per SmoothQuant setting
@@ -96,6 +97,9 @@ def main() -> None:
     )
 
     variants: dict[str, tuple[Path, str | None, str]] = {"fp32-f32": (folders["fp32"], "f32", "f32")}
+    # the plugin's default float precision (no INFERENCE_PRECISION_HINT): bf16 on AMX/AVX512_BF16 CPUs, f32 here
+    default = Deployment(folders["fp32"], "CPU", hint="throughput", inference_precision=None).executed_precision()
+    variants[f"fp32-default({default})"] = (folders["fp32"], None, default)
     skipped = {}
     if supports_bf16("CPU"):
         variants["fp32-bf16"] = (folders["fp32"], "bf16", "bf16")
