@@ -19,7 +19,7 @@ from ovclip.data.prompts import all_prompts, ensemble, prompt_templates
 from ovclip.exits.calibrate import ExitCalibration, ExitOutputs
 from ovclip.exits.config import ExitBuildConfig, Placement, check_calibration_size, split_calibration
 from ovclip.exits.features import Features, collect_features
-from ovclip.exits.heads import HeadTrainConfig, SSAHead, export_head, head_embeddings, select_head
+from ovclip.exits.heads import HeadIRs, HeadTrainConfig, SSAHead, head_embeddings, select_head
 from ovclip.exits.layers import LayerDiagnostics, candidate_exits
 from ovclip.exits.result import ExitBuild
 from ovclip.export.exporter import VisionGeometry
@@ -88,7 +88,7 @@ def build_exits(
     note(progress, describe_gates(gates, cfg.gate_features))
     return ExitBuild(
         chosen,
-        {L: export_head(heads.heads[L], geo.tokens, geo.hidden_size) for L in chosen},
+        HeadIRs({L: heads.heads[L] for L in chosen}, geo.tokens, geo.hidden_size),
         ExitPolicy("gate", chosen, {}, thresholds["gate"], gates, info),
         ExitPolicy(
             "agreement", chosen, {}, thresholds["agreement"], {}, {"rules": {"agreement": summary["agreement"]}}

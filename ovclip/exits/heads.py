@@ -6,6 +6,7 @@ spatial-activation variance (SAV) the gate reads, so the runtime needs one call 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -135,3 +136,23 @@ def export_head(head: SSAHead, tokens: int, width: int, batch: int | None = None
     model.outputs[0].get_tensor().set_names({"exit_embeds"})
     model.outputs[1].get_tensor().set_names({"sav"})
     return model
+
+
+class HeadIRs(Mapping):
+    """Trained heads as IR models (`export_head`), each converted when it is first read: a writer that saves
+    them one by one converts each just before saving it."""
+
+    def __init__(self, heads: dict[int, SSAHead], tokens: int, width: int):
+        self._heads, self._tokens, self._width = dict(heads), tokens, width
+        self._models: dict = {}
+
+    def __getitem__(self, layer: int):
+        if layer not in self._models:
+            self._models[layer] = export_head(self._heads[layer], self._tokens, self._width)
+        return self._models[layer]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._heads)
+
+    def __len__(self) -> int:
+        return len(self._heads)

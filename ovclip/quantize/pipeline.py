@@ -116,7 +116,6 @@ def quantize_deployment(
     if early_exit is not None:
         built = build_exits(ckpt, tower, q_blocks, calibration, early_exit, exits=exits, progress=progress)
         exit_list = built.exits
-    q_stages = [stitch(q_blocks[a:b], f"vision_stage{k}") for k, (a, b) in enumerate(stage_bounds(n_layers, exit_list))]
     data = base_manifest(ckpt, exit_list, static_batch)
     data["variant"] = "int8"
     data["vision"]["precision"] = "int8"
@@ -127,15 +126,20 @@ def quantize_deployment(
         "smooth_quant_alpha": alpha,
         "auto_trials": trials,
         "calibration": {"source": calibration.source, "images": len(calib_idx), "held_out": len(held_idx)},
-        "int8_nodes": [count_int8(s) for s in q_stages],
     }
     with staging_folder(out, overwrite=overwrite) as tmp:
+        # The exit heads first, each converted to IR just before it is saved: OpenVINO names the nodes it
+        # generates from process-wide counters, so this order (the one before the exit calibration returned its
+        # heads instead of writing them) keeps the head IRs byte for byte what earlier builds wrote.
+        exit_entries = write_exits(tmp, built, static_batch) if built is not None else {}
+        bounds = stage_bounds(n_layers, exit_list)
+        q_stages = [stitch(q_blocks[a:b], f"vision_stage{k}") for k, (a, b) in enumerate(bounds)]
+        data["quantization"]["int8_nodes"] = [count_int8(s) for s in q_stages]
         for f, st in zip(vision_stage_files(len(q_stages)), q_stages, strict=True):
             ov.save_model(with_static_batch(st, static_batch), tmp / f)
         text_model = with_static_batch(text_model, static_batch)
         ov.save_model(text_model, tmp / "text.xml", compress_to_fp16=cfg.text != "fp32")
-        if built is not None:
-            data |= write_exits(tmp, built, static_batch)
+        data |= exit_entries
         write_common(tmp, ckpt)
         data["quantization"]["seconds"] = round(time.time() - t0, 1)
         manifest = write_manifest(tmp, data)
