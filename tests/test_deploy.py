@@ -141,6 +141,29 @@ def test_a_recorded_precision_and_full_depth_are_what_deployment_runs(built, tmp
     assert (dep.run_vision(pixels, cls, policy=dep.policy.with_thresholds({1: -1.0})).exit_layer == 1).all()
 
 
+def test_cli_deploy_with_a_given_precision_builds_only_that_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from ovclip.cli import main
+
+    out = tmp_path / "dep"
+    args = ["deploy", "--model", "random:tiny", "--precision", "f32", "--out", str(out), "--static-batch", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "random weights: exit heads would be meaningless" in res.output
+    m = read_manifest(out)
+    assert m.variant == "fp32" and m.get("exit_policy") is None and m["static_batch"] == 2
+    assert m["deployed"] == {
+        "inference_precision": "f32",
+        "early_exit": False,
+        "chosen_by": "precision='f32' (given; nothing measured)",
+    }
+    assert folder_dynamic_inputs(out) == {f: [] for f in folder_dynamic_inputs(out)}
+    assert not [p for p in tmp_path.iterdir() if p.name != "dep"]  # no candidate folder left behind
+    bad = CliRunner().invoke(main, ["deploy", "--no-exits", "--max-drop", "0.5", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "--flops-budget/--max-drop set an exit policy; drop --no-exits" in bad.output
+
+
 # --- the float folder with exits -------------------------------------------------------------------------------
 
 

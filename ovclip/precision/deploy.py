@@ -22,7 +22,7 @@ from ovclip.errors import OvclipError
 from ovclip.exits.config import ExitBuildConfig
 from ovclip.export.float_tower import FloatTower
 from ovclip.folder import Manifest, check_target, read_manifest, staging_folder, write_manifest
-from ovclip.folder.deployed import DEPLOYED
+from ovclip.folder.deployed import DEPLOYED, has_exits
 from ovclip.precision.choose import choose_measured
 from ovclip.precision.settings import DeploySettings
 from ovclip.progress import Progress, note
@@ -77,11 +77,13 @@ def build_candidates(
 
     one = "int8" if settings.precision == "int8" else "float"
     wanted = ["float", "int8"] if settings.precision == "auto" else [one]
-    tower = FloatTower.convert(ckpt)
+    needs_tower = "int8" in wanted or early_exit is not None  # a plain float export converts on its own
+    tower = FloatTower.convert(ckpt) if needs_tower else None
     folders = {}
     for name in wanted:
         folders[name] = work / name
-        copy = FloatTower([m.clone() for m in tower.stages], tower.text.clone())  # each build changes its tower
+        # each build changes the tower it is given: a copy each
+        copy = FloatTower([m.clone() for m in tower.stages], tower.text.clone()) if tower is not None else None
         note(progress, f"candidate '{name}': building {folders[name].name}")
         if name == "int8":
             quantize_deployment(
@@ -108,10 +110,9 @@ def given_choice(folders: dict[str, Path], precision: str) -> tuple[str, dict]:
     default precision (null), a float folder in the precision given."""
     name = "int8" if precision == "int8" else "float"
     manifest = read_manifest(folders[name])
-    has_exits = bool(manifest.get("exit_policy"))
     return name, {
         "inference_precision": None if precision == "int8" else precision,
-        "early_exit": has_exits,
+        "early_exit": has_exits(manifest),
         "chosen_by": f"precision={precision!r} (given; nothing measured)",
     }
 
