@@ -393,7 +393,7 @@ def test_roc_auc_and_cv_auc_against_hand_computations():
 def test_quantize_with_exits_end_to_end(tiny, tmp_path):
     from ovclip.bench.runner import BenchSettings, bench_folder
     from ovclip.data.builtin import builtin_calibration, builtin_eval
-    from ovclip.exits.config import ExitBuildConfig
+    from ovclip.exits.config import DEFAULT_MIN_FIDELITY, ExitBuildConfig
     from ovclip.exits.heads import HeadTrainConfig
     from ovclip.quantize import QuantizationConfig
     from ovclip.quantize.pipeline import quantize_deployment
@@ -422,7 +422,12 @@ def test_quantize_with_exits_end_to_end(tiny, tmp_path):
         chosen = policy["info"]["gate_features"]["per_exit"][L]
         assert g["features"] == chosen["features"] and "+".join(g["features"]) in chosen["cv_auc_gate_split"]
     assert not {"agreement", "same_top1"} & set(policy["gates"]["1"]["features"])
-    assert m["exit_policy_embedding"]["rule"] == "agreement"
+    # runs without a label set use the label-free fidelity rule, calibrated on the same (labelled) images
+    embedding_policy = m["exit_policy_embedding"]
+    assert embedding_policy["rule"] == "fidelity" and embedding_policy["exits"] == [1, 2, 3]
+    assert embedding_policy["info"]["calibration_data"]["labelled"] is True
+    assert embedding_policy["info"]["objective"]["min_fidelity"] == DEFAULT_MIN_FIDELITY
+    assert embedding_policy["info"]["calibration_fidelity_lower_bound_95"] >= DEFAULT_MIN_FIDELITY
     assert read_manifest(out).vision["exits"] == [1, 2, 3]
     info = policy["info"]
     assert info["splits"]["heads"] + info["splits"]["gate"] + info["splits"]["thresholds"] == 600

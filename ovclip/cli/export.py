@@ -72,8 +72,15 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     "--calibration",
     default="builtin:calibration",
     show_default=True,
-    help="Calibration images: 'builtin:calibration', an image folder (class subfolders allowed), "
-    "or Fashion-MNIST ('fashion-mnist:train' or a folder of idx files).",
+    help="Calibration images: 'builtin:calibration', Fashion-MNIST ('fashion-mnist:train' or a folder of idx "
+    "files), a folder with one subfolder per class (labelled), a flat folder of images or an image list (.txt, one "
+    'path per line) (unlabeled), or a captions JSONL ({"image": ..., "caption": ...} per line). Without labels the '
+    "exit heads are distilled from the full-depth embedding and the exit rule is label-free (--min-fidelity).",
+)
+@click.option(
+    "--no-labels",
+    is_flag=True,
+    help="Read --calibration as images without labels whatever its layout (subfolders are not classes).",
 )
 @click.option("--subset-size", type=int, default=300, show_default=True, help="Images NNCF collects statistics on.")
 @click.option(
@@ -111,6 +118,14 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     "(95% upper confidence bound on the calibration split).",
 )
 @click.option(
+    "--min-fidelity",
+    type=float,
+    default=None,
+    help="Label-free exit rule (runs without a label set, and every exit of an unlabeled calibration): fewest FLOPs "
+    "whose mean cosine of early-exit to full-depth embeddings stays >= this (95% lower bound on held-out "
+    "calibration images)  [default: 0.993]",
+)
+@click.option(
     "--gate-features",
     type=click.Choice(["paper", "select"]),
     default="paper",
@@ -136,6 +151,7 @@ def quantize(
     model,
     out,
     calibration,
+    no_labels,
     subset_size,
     smooth_quant,
     text,
@@ -143,6 +159,7 @@ def quantize(
     no_exits,
     flops_budget,
     max_drop,
+    min_fidelity,
     gate_features,
     target_device,
     static_batch,
@@ -152,7 +169,7 @@ def quantize(
 ):
     """NNCF INT8 of the vision stages (stage by stage) and text tower, with early-exit heads and policy."""
     from ovclip.checkpoint import load_checkpoint
-    from ovclip.data.datasets import open_dataset
+    from ovclip.data.calibration_sets import open_calibration
     from ovclip.quantize import QuantizationConfig
     from ovclip.quantize.pipeline import quantize_deployment
 
@@ -170,13 +187,16 @@ def quantize(
         ee = ExitBuildConfig(
             flops_budget=flops_budget,
             max_drop=max_drop,
+            min_fidelity=min_fidelity,
             placement="auto" if exits == "auto" else "fixed",
             gate_features=gate_features,
             templates=template_set_of(calibration),
         )
         exits = None if exits == "auto" else exits
-    elif flops_budget is not None or max_drop is not None or gate_features != "paper":
-        raise OvclipError("--flops-budget/--max-drop/--gate-features set an exit policy; drop --no-exits to use them")
+    elif flops_budget is not None or max_drop is not None or min_fidelity is not None or gate_features != "paper":
+        raise OvclipError(
+            "--flops-budget/--max-drop/--min-fidelity/--gate-features set an exit policy; drop --no-exits to use them"
+        )
     from ovclip.folder import check_target
 
     check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load and calibration
@@ -185,7 +205,7 @@ def quantize(
         log("[yellow]random weights: exit heads would be meaningless; writing plain INT8 (--no-exits)[/]")
         ee = None
     with progress_bars() as progress:
-        data = open_dataset(calibration, strict=strict, progress=progress)
+        data = open_calibration(calibration, labels=False if no_labels else "auto", strict=strict, progress=progress)
     if data.skipped:
         log(
             f"[yellow]skipped {len(data.skipped)} unreadable calibration images (first: {data.skipped[0][0]}: "

@@ -20,6 +20,7 @@ from ovclip.exits.calibrate import ExitCalibration, ExitOutputs
 from ovclip.exits.config import ExitBuildConfig, Placement, check_calibration_size, split_calibration
 from ovclip.exits.features import Features, collect_features
 from ovclip.exits.heads import HeadIRs, HeadTrainConfig, SSAHead, head_embeddings, select_head
+from ovclip.exits.label_free_build import build_label_free_exits, embedding_policy_of_labelled_build
 from ovclip.exits.layers import LayerDiagnostics, candidate_exits
 from ovclip.exits.result import ExitBuild
 from ovclip.export.exporter import VisionGeometry
@@ -46,7 +47,10 @@ def build_exits(
     """Train and calibrate early exit on `calibration` for the INT8 blocks `q_blocks` (FP32 twins in `tower`).
 
     `exits`: candidate blocks ("default"/None: the paper's candidates, thinned by INR pruning unless
-    placement is "auto"); a given list is kept as it is."""
+    placement is "auto"); a given list is kept as it is. Unlabeled `calibration` (no `labels`): the label-free
+    build (`ovclip.exits.label_free_build`)."""
+    if calibration.labels is None:
+        return build_label_free_exits(ckpt, tower, q_blocks, calibration, cfg, exits=exits, progress=progress)
     check_calibration_size(calibration, cfg)
     geo = VisionGeometry.of(ckpt.model)
     candidates, fixed = candidate_exits(exits, cfg.placement, geo.num_layers)
@@ -90,8 +94,8 @@ def build_exits(
         chosen,
         HeadIRs({L: heads.heads[L] for L in chosen}, geo.tokens, geo.hidden_size),
         ExitPolicy("gate", chosen, {}, thresholds["gate"], gates, info),
-        ExitPolicy(
-            "agreement", chosen, {}, thresholds["agreement"], {}, {"rules": {"agreement": summary["agreement"]}}
+        embedding_policy_of_labelled_build(
+            heads.outputs.embeddings, feats, (gate_split, threshold_split), geo, chosen, cfg, calibration, progress
         ),
     )
 

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import openvino as ov
 
-from ovclip.data.prompts import all_prompts, builtin_templates
+from ovclip.data.calibration_sets import CalibrationImages, calibration_texts
 from ovclip.errors import OvclipError
 from ovclip.exits.build import ExitBuild, ExitBuildConfig, build_exits
+from ovclip.exits.config import check_calibration_size
 from ovclip.export.exporter import base_manifest, vision_stage_files, write_common
 from ovclip.export.float_tower import FloatTower
 from ovclip.export.stages import parse_exits, stage_bounds
@@ -30,7 +31,6 @@ from ovclip.vectors import l2_normalize
 
 if TYPE_CHECKING:
     from ovclip.checkpoint import LoadedCheckpoint
-    from ovclip.data.datasets import LabeledImages
 
 MIN_ALPHA_HOLDOUT = 50  # held-out images below which `smooth_quant_alpha="auto"` cannot choose
 
@@ -84,7 +84,7 @@ def calibration_subsets(n: int, cfg: QuantizationConfig) -> tuple[np.ndarray, np
 def quantize_deployment(
     ckpt: LoadedCheckpoint,
     out: str | Path,
-    calibration: LabeledImages,
+    calibration: CalibrationImages,
     cfg: QuantizationConfig = QuantizationConfig(),
     *,
     exits: str | list[int] | None = None,
@@ -100,6 +100,9 @@ def quantize_deployment(
     n_layers = ckpt.model.config.vision_config.num_hidden_layers
     exit_list = parse_exits(exits, n_layers)
     check_target(out, overwrite=overwrite)
+    if early_exit is not None:  # before NNCF's minutes, not after
+        check_calibration_size(calibration, early_exit)
+    texts = calibration_texts(calibration) if cfg.text == "int8" else None
     calib_idx, held_idx = calibration_subsets(len(calibration), cfg)
     note(progress, f"calibration: {len(calib_idx)} images for NNCF statistics from {calibration.source}")
     calib_px = calibration.pixels(calib_idx, ckpt.preprocess)
@@ -110,7 +113,7 @@ def quantize_deployment(
     note(progress, f"SmoothQuant alpha used: {alpha if alpha is not None else 'off'}")
     text_model = tower.text
     if cfg.text == "int8":
-        prompts = ckpt.tokenizer(all_prompts(calibration.prompt_names, builtin_templates("train")))
+        prompts = ckpt.tokenizer(texts)
         text_model = quantize_model(tower.text, [prompts[i : i + 1] for i in range(len(prompts))], cfg, None)
     built = None
     if early_exit is not None:
@@ -125,7 +128,12 @@ def quantize_deployment(
         "config": cfg.as_dict(),
         "smooth_quant_alpha": alpha,
         "auto_trials": trials,
-        "calibration": {"source": calibration.source, "images": len(calib_idx), "held_out": len(held_idx)},
+        "calibration": {
+            "source": calibration.source,
+            "labelled": calibration.labels is not None,
+            "images": len(calib_idx),
+            "held_out": len(held_idx),
+        },
     }
     with staging_folder(out, overwrite=overwrite) as tmp:
         # The exit heads first, each converted to IR just before it is saved: OpenVINO names the nodes it
