@@ -201,14 +201,22 @@ def test_single_stream_reports_latency_and_its_saving(ee_folder, flat_folder, tm
     assert c["latency_saving_over_flops_saving"] == pytest.approx(float(np.median(saving)) / c["flops_saving_timed"])
     # no labels: the label-free rule ran, half the images (the median split) leave at exit 2, the rest at 3
     assert ee["exit_rule"] == "agreement" and ee["exit_histogram"] == {"1": 0, "2": 15, "3": 15, "4": 0}
+    assert ee["flops_measured_on"] == "the data set (30 images)"
 
 
-def test_multi_stream_sends_eight_images_per_query(fp32_folder, flat_folder, tmp_path):
+def test_multi_stream_sends_eight_images_per_query(ee_folder, flat_folder, tmp_path):
     out = tmp_path / "r.json"
-    args = ["bench", fp32_folder, "--data", flat_folder, "--scenario", "multi-stream", "--rounds", "1", *FAST]
-    (r,) = records_of(run(*args, "--no-accuracy", "--json", out), out)
-    assert (r["batch"], r["nireq"]) == (8, 1) and r["images_timed"] == 8 * r["iterations"]
-    result = run("bench", fp32_folder, "--scenario", "single-stream", "--batch", "4", *FAST)
+    args = ["bench", ee_folder, "--data", flat_folder, "--scenario", "multi-stream", "--rounds", "1", *FAST]
+    full, ee = records_of(run(*args, "--no-accuracy", "--json", out), out)
+    for r in (full, ee):
+        assert (r["batch"], r["nireq"]) == (8, 1) and r["images_timed"] == 8 * r["iterations"]
+    # no pass over the data: exits and FLOPs are those of the timed images (3 queries of 8 of the 30)
+    dep = Deployment(ee_folder, runtime="stages")
+    want = dep.run_vision(pixels_of(sorted(flat_folder.iterdir())[:24], dep), early_exit=True).exit_layer
+    assert ee["exit_histogram"] == {str(L): int(np.sum(want == L)) for L in [1, 2, 3, 4]}
+    assert ee["flops_measured_on"] == "the 24 timed images" and ee["flops_saving"] == ee["flops_saving_timed"] > 0
+    assert ee["top1"] is None and "not measured" in ee["accuracy_note"]
+    result = run("bench", ee_folder, "--scenario", "single-stream", "--batch", "4", *FAST)
     assert result.exit_code == 2 and "--batch 4: the single-stream scenario sends 1 image(s)" in result.output
 
 

@@ -192,7 +192,7 @@ def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templat
     p.record = rec = _base_record(folder, manifest, settings, dep, v, p.nireq)
     rec["compile_s"], rec["first_inference_ms"] = t1 - t0, 1000 * (t2 - t1)
     if v.early_exit:
-        rec["flops_saving_timed"] = _pool_saving(p, policy)
+        _timed_exits(p, policy)
     if settings.accuracy and dataset is not None and manifest.trained:
         _measure_pass(p, dataset, settings, progress)
     rec["accuracy_note"] = _accuracy_note(rec, manifest, settings, dataset)
@@ -227,12 +227,18 @@ def _base_record(folder, manifest, settings: BenchSettings, dep: Deployment, v: 
     }
 
 
-def _pool_saving(p: Prepared, policy) -> float:
-    """FLOPs saving on the very images timed (the pool), which may differ from the whole set's."""
+def _timed_exits(p: Prepared, policy) -> None:
+    """Exits and FLOPs on the very images timed (the pool), which may differ from the whole set's: the record's
+    figures until a pass over the data set replaces them ("flops_measured_on" says which)."""
     el = np.concatenate([p.run(b).exit_layer for b in p.pool])
     classes = 0 if p.class_emb is None else len(p.class_emb)
     emb = int(p.dep.manifest["embedding_dim"])
-    return 1.0 - mean_flops(p.dep.vision, emb, el, policy.exits, classes) / full_depth_flops(p.dep.vision, emb)
+    flops = mean_flops(p.dep.vision, emb, el, policy.exits, classes)
+    rec = p.record
+    rec["flops_saving_timed"] = 1.0 - flops / full_depth_flops(p.dep.vision, emb)
+    rec["exit_histogram"] = {str(L): int(np.sum(el == L)) for L in [*policy.exits, p.dep.num_layers]}
+    rec.update(exit_rule=policy.rule, flops_per_image=flops, flops_saving=rec["flops_saving_timed"])
+    rec["flops_measured_on"] = f"the {len(el)} timed images"
 
 
 def _measure_pass(p: Prepared, dataset, settings: BenchSettings, progress) -> None:
@@ -255,6 +261,7 @@ def _measure_pass(p: Prepared, dataset, settings: BenchSettings, progress) -> No
         rec["exit_histogram"] = {str(L): int(np.sum(res.exit_layer == L)) for L in [*policy.exits, dep.num_layers]}
         rec["flops_per_image"] = res.mean_flops
         rec["flops_saving"] = res.flops_saving
+        rec["flops_measured_on"] = f"the data set ({res.n} images)"
         if policy is dep.policy and p.class_emb is not None and res.top1 is not None:  # the class rule's points
             rec["pareto"] = pareto_on_data(dep, dataset, p.class_emb, settings.query_size * 8)
 
