@@ -321,3 +321,25 @@ def test_label_free_bound_holds_on_the_calibration_split_through_the_runtime(lab
     shares = {int(L): s for L, s in info["calibration_exit_shares"].items()}
     for L, s in shares.items():
         assert np.mean(ee.exit_layer == L) == pytest.approx(s, abs=0.05)
+
+
+def test_caption_embeddings_are_each_images_mean_caption_embedding(tmp_path, tiny_clip, tiny_ckpt):
+    """The contrastive targets: per image, the normalised mean of its captions' normalised text embeddings,
+    from the FP32 text IR — the same as transformers in torch."""
+    from ovclip.exits.label_free_build import caption_embeddings
+    from ovclip.export.exporter import convert_text
+
+    files = _fashion_pngs(tmp_path, 2)
+    jsonl = tmp_path / "caps.jsonl"
+    rows = [(files[1], "a red shoe"), (files[0], "a shirt"), (files[1], "a sneaker {0}, side view")]
+    jsonl.write_text("\n".join(json.dumps({"image": p.name, "caption": c}) for p, c in rows))
+    data = open_calibration(str(jsonl))
+    ours = caption_embeddings(convert_text(tiny_ckpt.model), tiny_ckpt.tokenizer, data)
+    texts = ["a red shoe", "a shirt", "a sneaker {0}, side view"]
+    with torch.no_grad():
+        out = tiny_clip.model.get_text_features(input_ids=torch.from_numpy(tiny_ckpt.tokenizer(texts)))
+        t = F.normalize(out if isinstance(out, torch.Tensor) else out.pooler_output, dim=-1).numpy()
+    want = np.stack([t[0] + t[2], t[1]])  # image rows in order of first mention: img_0001 (two captions), img_0000
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(ours, want, atol=1e-5)
+    assert caption_embeddings(None, None, open_calibration(str(tmp_path))) is None
