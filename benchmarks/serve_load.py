@@ -38,7 +38,8 @@ import numpy as np
 ROLES = {
     "ServeReplica:ovclip:OvclipServer": "replica",
     "ServeReplica:ovclip:MetricsStore": "metrics store",
-    "ProxyActor": "proxy (HTTP)",
+    "ProxyActor": "serve proxy actor",
+    "HAProxyManager": "serve proxy actor",
     "ServeController": "serve controller",
 }
 STAGES = ("read", "decode", "queue", "inference", "respond")
@@ -133,6 +134,8 @@ def cpu_by_pid() -> dict[int, tuple[str, float]]:
 def role(cmdline: str, client_pid: int, pid: int) -> str:
     if pid == client_pid:
         return "load client"
+    if cmdline.split(" ", 1)[0].endswith("haproxy"):
+        return "haproxy (HTTP)"
     for key, name in ROLES.items():
         if key in cmdline:
             return name
@@ -211,6 +214,8 @@ def run_load(port: int, pngs, per_request: int, clients: int, warmup: float, sec
     handler = _mean(m0, m1, "ovclip_request_duration_seconds", endpoint="/v1/classify")
     client_mean = float(lat.mean()) / 1e3 if len(lat) else None
     batch = _mean(m0, m1, "ovclip_batch_images")
+    cpu = cpu_split(c0, c1, proc.pid)
+    server_cpu = sum(v for k, v in cpu.items() if k not in ("rest of the machine", "load client"))
     return {
         "images_per_request": per_request,
         "clients": clients,
@@ -226,7 +231,8 @@ def run_load(port: int, pngs, per_request: int, clients: int, warmup: float, sec
         "http_ms_mean": None if handler is None or client_mean is None else round((client_mean - handler) * 1e3, 2),
         "stage_ms_mean": {s: None if v is None else round(v * 1e3, 2) for s, v in server.items()},
         "batch_images_mean": None if batch is None else round(batch, 1),
-        "cpu_seconds": cpu_split(c0, c1, proc.pid),
+        "cpu_seconds": cpu,
+        "images_per_server_cpu_s": round(len(ok) * per_request / server_cpu, 1) if server_cpu else None,
     }
 
 
@@ -242,12 +248,39 @@ def offline_bench(folder: str, seconds: float) -> dict[str, float]:
         return {r["variant"]: float(r["throughput_fps"]) for r in json.loads(out.read_text())}
 
 
+def offline_cpu(folder: str, pngs: list[bytes], seconds: float) -> dict[str, float]:
+    """bench's int8-ee timing in this process (the same `measure`, batch 8, the device's optimal nireq, the
+    built-in label set), with the CPU time it took: images per CPU-second does not depend on how much of the
+    machine other jobs take, unlike images per second."""
+    from PIL import Image
+
+    from ovclip.bench.throughput import measure
+    from ovclip.data.label_sets import builtin_label_set
+    from ovclip.runtime import Deployment
+    from ovclip.serve.pixels import Pixels
+
+    dep = Deployment(folder, hint="throughput")
+    labels = builtin_label_set()
+    cls = dep.class_embeddings(list(labels.prompt_names), list(labels.templates))
+    pixels = Pixels(dep.preprocess_config)([Image.open(io.BytesIO(b)) for b in pngs[:256]])
+    batches = [pixels[i : i + 8] for i in range(0, len(pixels), 8)]
+    nireq = int(dep.full_depth_compiled().get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    dep.run_vision(batches[0], cls)
+    c0 = time.process_time()
+    t = measure(lambda b: dep.run_vision(b, cls), batches, nireq=nireq, seconds=seconds)
+    cpu = time.process_time() - c0
+    return {"images_per_s": t.throughput_fps, "images_per_cpu_s": (t.images + 2 * nireq * 8) / cpu, "nireq": nireq}
+
+
 # --- main -----------------------------------------------------------------------------------------------
 
 
-def summarize(runs: list[dict], offline: list[dict[str, float]]) -> dict:
-    """Medians over rounds of one setting, and its ratio to bench's offline img/s (median over rounds)."""
-    med = {k: C.median([r[k] for r in runs]) for k in ("images_per_s", "latency_ms_p50", "latency_ms_p99")}
+def summarize(runs: list[dict], offline: list[dict[str, float]], offline_cpus: list[dict]) -> dict:
+    """Medians over rounds of one setting, its ratio to bench's offline img/s (median over rounds), and the
+    same ratio per CPU-second (server processes' CPU vs the offline timing's)."""
+    keys = ("images_per_s", "latency_ms_p50", "latency_ms_p99", "images_per_server_cpu_s")
+    med = {k: C.median([r[k] for r in runs]) for k in keys}
+    per_cpu = C.median([o["images_per_cpu_s"] for o in offline_cpus])
     ee = C.median([next((t for v, t in o.items() if v.endswith("-ee")), 0.0) for o in offline])
     full = C.median([next((t for v, t in o.items() if not v.endswith("-ee")), 0.0) for o in offline])
     return {
@@ -255,6 +288,8 @@ def summarize(runs: list[dict], offline: list[dict[str, float]]) -> dict:
         "server_errors": sum(r["server_errors"] for r in runs),
         "ratio_to_bench_early_exit": round(med["images_per_s"] / ee, 3) if ee else None,
         "ratio_to_bench_full_depth": round(med["images_per_s"] / full, 3) if full else None,
+        "offline_images_per_cpu_s": round(per_cpu, 1),
+        "ratio_per_cpu_second": round(med["images_per_server_cpu_s"] / per_cpu, 3),
         "rounds": len(runs),
     }
 
@@ -274,6 +309,7 @@ def print_run(r: dict, cores: int) -> None:
     window = r["seconds"] * cores
     cpu = ", ".join(f"{k} {v / window:.0%}" for k, v in r["cpu_seconds"].items())
     print(f"     CPU share of the machine: {cpu}", flush=True)
+    print(f"     {r['images_per_server_cpu_s']} images per CPU-second of the server's processes", flush=True)
 
 
 def main() -> None:
@@ -296,13 +332,20 @@ def main() -> None:
     server = start_server(args.folder, port, args.server_args.split(), log)
     results: dict[int, list[dict]] = {s: [] for s in settings}
     offline: list[dict[str, float]] = []
+    offline_cpus: list[dict] = []
     try:
         for k in range(args.rounds):
             order = settings[k % len(settings) :] + settings[: k % len(settings)]
             print(f"round {k + 1}/{args.rounds}", flush=True)
             offline.append(offline_bench(args.folder, args.bench_seconds))
+            figures = ", ".join(f"{v} {t:.1f} img/s" for v, t in offline[-1].items())
+            print(f"  ovclip bench (offline, batch 8): {figures}")
+            offline_cpus.append(offline_cpu(args.folder, pngs, args.bench_seconds))
+            o = offline_cpus[-1]
             print(
-                "  ovclip bench (offline, batch 8): " + ", ".join(f"{v} {t:.1f} img/s" for v, t in offline[-1].items())
+                f"  offline in-process (int8-ee as bench): {o['images_per_s']:.1f} img/s, "
+                f"{o['images_per_cpu_s']:.1f} img per CPU-second",
+                flush=True,
             )
             for s in order:
                 results[s].append(run_load(port, pngs, s, args.clients, args.warmup, args.seconds))
@@ -314,8 +357,9 @@ def main() -> None:
         clients=args.clients,
         seconds=args.seconds,
         offline=offline,
+        offline_cpu=offline_cpus,
         runs={str(s): rs for s, rs in results.items()},
-        summary={str(s): summarize(rs, offline) for s, rs in results.items()},
+        summary={str(s): summarize(rs, offline, offline_cpus) for s, rs in results.items()},
     )
     print("\nsummary (medians over rounds):")
     for s, summ in run.data["summary"].items():

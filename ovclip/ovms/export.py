@@ -106,7 +106,7 @@ def _static_models(dep: Deployment, repo: Path, prefix: str) -> dict[str, dict]:
 def _write_label_set(dep: Deployment, labels: LabelSet, path: Path) -> dict:
     import numpy as np
 
-    save_file = require("safetensors.numpy", extra="serve", feature="writing label sets").save_file
+    save_file = _safetensors().save_file
 
     emb = dep.class_embeddings(list(labels.prompt_names), list(labels.templates)).astype(np.float32)
     meta = {k: json.dumps(v) for k, v in labels.to_dict().items()}
@@ -114,6 +114,10 @@ def _write_label_set(dep: Deployment, labels: LabelSet, path: Path) -> dict:
     tensors = {"class_embeddings": np.ascontiguousarray(emb), "logit_scale": np.array(dep.logit_scale, np.float32)}
     save_file(tensors, str(path), metadata=meta)
     return {"file": path.name, "classes": len(labels.labels), "templates": len(labels.templates)}
+
+
+def _safetensors():
+    return require("safetensors.numpy", extra="serve", feature="writing label sets")
 
 
 @contextmanager
@@ -162,6 +166,7 @@ def export_ovms(
     target_device (default CPU, NPU for static-shape folders); `hint`: the performance hint in plugin_config.
     """
     out = Path(out).absolute()
+    _safetensors()  # missing: one line now, not after the models are written
     dep = Deployment(folder, "CPU")  # checks the folder's checksums; computes the label sets' text embeddings
     static = dep.manifest.get("static_batch")
     device = device or ("NPU" if static else "CPU")
