@@ -50,6 +50,8 @@ def deploy(
     if keep is not None and keep.exists():
         raise OvclipError(f"{keep} already exists; choose another `keep_candidates`", params="keep_candidates")
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.candidates-*"):  # left by a deploy that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.candidates-", dir=out.parent))
     try:
         folders = build_candidates(ckpt, work, calibration, settings, quantization, early_exit, exits, progress)
