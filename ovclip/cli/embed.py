@@ -104,11 +104,18 @@ def _summary(r: EmbedResult) -> None:
     type=int,
     default=100_000,
     show_default=True,
-    help="Build an ANN (IVF-PQ) index when the index has at least this many rows; below, search is exact.",
+    help="Build an ANN index when the index has at least this many rows; below, search is exact.",
+)
+@click.option(
+    "--ann-type",
+    type=click.Choice(["ivf-flat", "ivf-pq"]),
+    default="ivf-flat",
+    show_default=True,
+    help="ANN index: IVF lists of exact vectors, or of PQ codes (smaller, re-ranked exactly).",
 )
 @friendly
 def embed(src, deployment, out, index_path, ray, ray_address, ray_actors, batch, shard_size, workers, strict,
-          full_depth, device, ann_min_rows) -> None:  # fmt: skip
+          full_depth, device, ann_min_rows, ann_type) -> None:  # fmt: skip
     """Embed every image of SRC (a folder tree, an image list, or a captions .jsonl) into Parquet shards in OUT.
 
     Re-running the same command resumes: finished shards are kept, the one cut short is redone.
@@ -123,7 +130,8 @@ def embed(src, deployment, out, index_path, ray, ray_address, ray_actors, batch,
         from ovclip.index import AnnOptions, build_index
 
         with progress_bars() as progress:
-            info = build_index(out, index_path, AnnOptions(min_rows=ann_min_rows), progress=progress)
+            ann_opts = AnnOptions(min_rows=ann_min_rows, index_type=ann_type.upper().replace("-", "_"))
+            info = build_index(out, index_path, ann_opts, progress=progress)
         ann = info["ann"]
         kind = f"{ann['type']} ANN index, {ann['num_partitions']} lists" if ann else "exact search"
         console.print(f"index {index_path}: {info['rows']:,} embeddings, {kind}", highlight=False)

@@ -4,7 +4,8 @@
     [(h.rank, h.path, h.score) for h in result.hits]
 
 Scores are cosine similarities (embeddings are L2-normalised). Below the index's ANN threshold the search is
-exact; above it, LanceDB's IVF-PQ index is probed and its candidates re-ranked with the exact vectors.
+exact; above it, LanceDB's IVF index is probed (`nprobes` lists; an IVF-PQ index re-ranks its candidates with the
+exact vectors).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ class Index:
             builder = self.table.search(q, vector_column_name=VECTOR).distance_type(self.info["metric"]).limit(k)
             if not self.exact:
                 builder = builder.nprobes(nprobes or self.info["search"]["nprobes"])
-                builder = builder.refine_factor(refine_factor or self.info["search"]["refine_factor"])
+                refine = refine_factor or self.info["search"].get("refine_factor")
+                if refine:
+                    builder = builder.refine_factor(refine)
             rows = builder.select([*self.columns, "_distance"]).to_arrow().to_pylist()
             out.append([_hit(i, r) for i, r in enumerate(rows, start=1)])
         return out

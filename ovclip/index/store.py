@@ -2,7 +2,7 @@
 
     INDEX/images.lance/       the LanceDB table: the Parquet shards' columns (path, embedding, exit_block, width,
                               height, manifest_digest[, captions]), with an ANN index on `embedding` when the
-                              table has at least `ann_min_rows` rows (IVF-PQ, dot product)
+                              table has at least `min_rows` rows (IVF-Flat by default, dot product)
     INDEX/ovclip-index.json   what it was built from: the deployment folder and its manifest digest, the shards'
                               item digests, the ANN settings, the row count
 
@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,18 +39,29 @@ def lancedb():
     return require("lancedb", extra="index", feature="the vector index")
 
 
+ANN_TYPES = ("IVF_FLAT", "IVF_PQ")
+
+
 @dataclass(frozen=True)
 class AnnOptions:
+    """The ANN index. IVF-Flat (the default) keeps the exact vectors in its lists: its recall depends only on how many
+    lists a query probes. IVF-PQ compresses them (num_sub_vectors codes per vector) and re-ranks `k *
+    refine_factor` candidates exactly; on tightly clustered embeddings (Fashion-MNIST's: the 10th and the 11th
+    neighbour often differ by 1e-4 in cosine) it needs a large refine factor to find the same neighbours."""
+
     min_rows: int = 100_000  # below this, search is exact (brute force); at or above it, an ANN index is built
+    index_type: str = "IVF_FLAT"  # or IVF_PQ
     num_partitions: int | None = None  # IVF lists (default: about sqrt(rows), at most rows / 256)
-    num_sub_vectors: int | None = None  # PQ codes per vector (default: embedding_dim / 8)
-    nprobes: int = 32  # IVF lists searched per query
-    refine_factor: int = 10  # re-rank k * refine_factor PQ candidates with the exact vectors
+    num_sub_vectors: int | None = None  # IVF_PQ: codes per vector (default: embedding_dim / 8)
+    nprobes: int = 20  # IVF lists searched per query
+    refine_factor: int = 10  # IVF_PQ: re-rank k * refine_factor candidates with the exact vectors
 
 
 def _check(opts: AnnOptions) -> None:
     if opts.min_rows < 0:
         raise OvclipError(f"ann_min_rows={opts.min_rows}: must be 0 or more", params="ann_min_rows")
+    if opts.index_type not in ANN_TYPES:
+        raise OvclipError(f"ann_type={opts.index_type!r}: choose one of {', '.join(ANN_TYPES)}", params="ann_type")
     for name in ("nprobes", "refine_factor"):
         if getattr(opts, name) < 1:
             raise OvclipError(f"{name}={getattr(opts, name)}: must be at least 1", params=name)
@@ -128,6 +140,22 @@ def build_index(
     return info
 
 
+def _pq(ann: dict | None) -> bool:
+    return ann is not None and ann["type"] == "IVF_PQ"
+
+
+def _create_ann(table, opts: AnnOptions, rows: int, dim: int) -> dict:
+    parts = opts.num_partitions or max(1, min(round(math.sqrt(rows)), rows // 256))  # k-means: 256 rows per list
+    kwargs = {"metric": METRIC, "vector_column_name": VECTOR, "index_type": opts.index_type, "num_partitions": parts}
+    ann = {"type": opts.index_type, "num_partitions": parts}
+    if opts.index_type == "IVF_PQ":
+        kwargs["num_sub_vectors"] = ann["num_sub_vectors"] = opts.num_sub_vectors or max(1, dim // 8)
+    with warnings.catch_warnings():  # lancedb 0.40 prefers config objects; these keyword arguments still work
+        warnings.simplefilter("ignore", DeprecationWarning)
+        table.create_index(**kwargs)
+    return ann
+
+
 def _write(staging: Path, files: list[Path], job: dict, opts: AnnOptions, progress: Progress | None) -> dict:
     schema = pyarrow_parquet().read_schema(files[0]).remove_metadata()
     db = lancedb().connect(staging)
@@ -136,21 +164,20 @@ def _write(staging: Path, files: list[Path], job: dict, opts: AnnOptions, progre
     dim = schema.field(VECTOR).type.list_size
     ann = None
     if rows >= opts.min_rows and rows < 256:
-        note(progress, f"{rows} embeddings are too few for an ANN index (PQ needs 256); search stays exact")
-    elif rows >= opts.min_rows:  # PQ trains 256 centroids per sub-vector
-        note(progress, f"building the ANN index over {rows:,} embeddings")
-        parts = opts.num_partitions or max(1, min(round(math.sqrt(rows)), rows // 256))  # k-means: 256 per list
-        subs = opts.num_sub_vectors or max(1, dim // 8)
-        table.create_index(metric=METRIC, vector_column_name=VECTOR, index_type="IVF_PQ",
-                           num_partitions=parts, num_sub_vectors=subs)  # fmt: skip
-        ann = {"type": "IVF_PQ", "num_partitions": parts, "num_sub_vectors": subs}
+        note(progress, f"{rows} embeddings are too few for an ANN index (it needs 256); search stays exact")
+    elif rows >= opts.min_rows:
+        note(progress, f"building the {opts.index_type} ANN index over {rows:,} embeddings")
+        ann = _create_ann(table, opts, rows, dim)
     return {
         "table": TABLE,
         "rows": rows,
         "embedding_dim": dim,
         "metric": METRIC,
         "ann": ann,
-        "search": {"nprobes": opts.nprobes, "refine_factor": opts.refine_factor},
+        "search": {
+            "nprobes": opts.nprobes,
+            "refine_factor": opts.refine_factor if ann and "PQ" in ann["type"] else None,
+        },
         "ann_min_rows": opts.min_rows,
         "deployment": job["deployment"],
         "deployment_digest": job["deployment_digest"],
