@@ -281,7 +281,13 @@ def test_static_folder_runs_the_stage_path_as_the_dynamic_folder(static, built, 
     a, b = st.run_vision(pixels, cls, policy=policy), dyn.run_vision(pixels, cls, policy=policy)  # 13: padded
     assert len(set(b.exit_layer.tolist())) == 3, b.exit_layer
     np.testing.assert_array_equal(a.exit_layer, b.exit_layer)
-    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=1e-4)
+    # Static and dynamic shapes may pick different INT8 kernels (accumulation order): on one CI CPU 23 of 416 values
+    # differed by up to 6.6e-4 while every exit and class agreed. Same model, not bit-equal arithmetic.
+    np.testing.assert_allclose(a.embeddings, b.embeddings, atol=3e-3)
+    cos = np.sum(a.embeddings * b.embeddings, axis=1) / (
+        np.linalg.norm(a.embeddings, axis=1) * np.linalg.norm(b.embeddings, axis=1)
+    )
+    assert cos.min() > 0.9999, cos
 
 
 def test_static_folder_benches_with_the_dynamic_folders_exits(static, built, calibration):
