@@ -26,7 +26,7 @@ from ovclip.bench.fidelity import nearest_neighbours
 from ovclip.bench.metrics import average_precision, class_prompt_retrieval, precision_at_k
 from ovclip.bench.report import GENERIC_TEMPLATES
 from ovclip.bench.rounds import ratio_within_rounds, rotating_rounds, summary
-from ovclip.bench.variants import deployed_config, is_deployed, variants
+from ovclip.bench.variants import deployed_config, is_deployed, plugin_default_precision, variants
 from ovclip.cli import main
 from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest, write_manifest
@@ -177,7 +177,12 @@ def test_deployed_configuration(ee_folder, fp32_folder, tmp_path):
     write_manifest(folder, data)
     m = read_manifest(folder)
     full, ee = variants(m, "CPU", "f32")
-    assert is_deployed(m, "CPU", full, "f32") and not is_deployed(m, "CPU", ee, "f32")
+    default = plugin_default_precision("CPU")
+    assert is_deployed(m, "CPU", full, default) and not is_deployed(m, "CPU", ee, default)
+    assert not is_deployed(m, "CPU", full, "bf16" if default == "f32" else "f32")
+    # what Deployment(folder) then runs
+    dep = Deployment(folder)
+    assert dep.executed_precision() == default and dep.deployed_early_exit is False
 
 
 # --- scenarios ----------------------------------------------------------------------------------------------
@@ -346,6 +351,7 @@ def test_bench_retrieval_full_depth_and_early_exit(ee_folder, labelled_folder, f
 def test_model_cache_dir(fp32_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("OVCLIP_CACHE_DIR", str(tmp_path / "default-cache"))
     assert "CACHE_DIR" not in compile_config("CPU", cache_dir=None)
+    assert compile_config("CPU")["CACHE_DIR"] == str(tmp_path / "default-cache")  # cached by default: it pays
     assert cache_dir_for("GPU") == tmp_path / "default-cache" and cache_dir_for("AUTO:NPU,CPU") is not None
     assert compile_config("GPU.1")["CACHE_DIR"] == str(tmp_path / "default-cache")
     assert "CACHE_DIR" not in compile_config("GPU", cache_dir=None)
@@ -367,6 +373,7 @@ def test_bench_startup_cold_and_warm_cache(fp32_folder, tmp_path):
     out = tmp_path / "r.json"
     args = ["bench", fp32_folder, "--no-accuracy", "--startup", "--rounds", "1", "--no-cache", *FAST]
     (r,) = records_of(run(*args, "--json", out), out)
+    assert r["model_cache"] is None  # --no-cache: the timed deployment compiled without it
     s = r["startup"]
     assert s["cache_files"] > 0
     for mode in ("off", "cold", "warm"):

@@ -50,6 +50,7 @@ def reference_pass(prepared, settings, dataset, progress: Progress | None):
             settings.reference,
             settings.device,
             hint=settings.performance_hint,
+            inference_precision="f32",
             runtime=settings.runtime,
             cache_dir=settings.cache_dir,
         )

@@ -22,6 +22,7 @@ from ovclip.folder import read_manifest
 from ovclip.policy.flops import full_depth_flops, mean_flops
 from ovclip.progress import Progress, advance, note
 from ovclip.runtime import Deployment
+from ovclip.runtime.device import cache_dir_for
 
 __all__ = [
     "AccuracyResult",
@@ -215,6 +216,7 @@ def _base_record(folder, manifest, settings: BenchSettings, dep: Deployment, v: 
         "nireq": nireq,
         "inference_precision": executed,
         "runtime": dep.runtime,
+        "model_cache": None if (c := cache_dir_for(settings.device, settings.cache_dir)) is None else str(c),
         "openvino_version": ov.get_version(),
         "trained": manifest.trained,
         "n_images": 0,

@@ -1,18 +1,17 @@
 """Which configurations of a deployment folder `ovclip bench` measures, and which one the folder deploys.
 
 A variant is (name, CPU inference precision asked for, early exit on). Every precision timed gets an early-exit
-twin `<name>-ee` when the folder has an exit policy. The deployed configuration is the one a user gets from
-`Deployment(folder)` with no arguments — f32 inference precision on CPU (the device's own default elsewhere),
-early exit on when the folder has an exit policy — unless the folder's manifest records another choice under
-"deployed": {"inference_precision": "f32" | "bf16" | "f16" | null, "early_exit": true | false} (null: the
-plugin's default precision).
+twin `<name>-ee` when the folder has an exit policy. The deployed configuration is what `Deployment(folder)`
+runs when not told otherwise (`ovclip.folder.deployed`): the manifest's "deployed" record where `ovclip deploy`
+wrote one, else f32 on CPU with early exit where the folder has an exit policy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ovclip.runtime.device import supports_bf16
+from ovclip.folder.deployed import deployed_early_exit, deployed_precision, has_exits
+from ovclip.runtime.device import core, supports_bf16
 
 EE_SUFFIX = "-ee"
 
@@ -47,26 +46,34 @@ def _precisions(kind: str, device: str, precision: str) -> list[tuple[str, str |
 
 def variants(manifest, device: str = "CPU", precision: str = "auto") -> list[Variant]:
     """The variants of one folder, full depth first, each followed by its early-exit twin where there is one."""
-    has_exits = bool(manifest.get("exit_policy") or manifest.get("exit_policy_embedding"))
     out = []
     for name, p in _precisions(manifest.variant, device, precision):
         out.append(Variant(name, p, False))
-        if has_exits:
+        if has_exits(manifest):
             out.append(Variant(name + EE_SUFFIX, p, True))
     return out
 
 
+def plugin_default_precision(device: str = "CPU") -> str | None:
+    """The precision the device runs float layers in when not told ('f32', 'bf16', 'f16'); None if it won't say."""
+    try:
+        return core().get_property(device, "INFERENCE_PRECISION_HINT").get_type_name()
+    except RuntimeError:
+        return None
+
+
 def deployed_config(manifest, device: str = "CPU") -> tuple[str | None, bool]:
-    """(inference precision, early exit) of the folder's deployed configuration (see the module docstring);
-    precision None: whatever the device runs by default."""
-    d = manifest.get("deployed")
-    has_exits = bool(manifest.get("exit_policy") or manifest.get("exit_policy_embedding"))
-    if isinstance(d, dict):
-        return d.get("inference_precision"), bool(d.get("early_exit", has_exits)) and has_exits
-    return ("f32" if device.upper().startswith("CPU") else None), has_exits
+    """(inference precision, early exit) of the folder's deployed configuration (`ovclip.folder.deployed`); the
+    precision is None off CPU and where the folder deploys the plugin's default."""
+    cpu = device.upper().startswith("CPU")
+    return (deployed_precision(manifest) if cpu else None), deployed_early_exit(manifest)
 
 
 def is_deployed(manifest, device: str, variant: Variant, executed_precision: str) -> bool:
     """Whether `variant`, which ran in `executed_precision`, is the folder's deployed configuration."""
     precision, ee = deployed_config(manifest, device)
-    return variant.early_exit == ee and (precision is None or precision == executed_precision)
+    if variant.early_exit != ee:
+        return False
+    if not device.upper().startswith("CPU"):
+        return True
+    return executed_precision == (precision or plugin_default_precision(device))

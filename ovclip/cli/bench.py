@@ -96,8 +96,8 @@ from ovclip.errors import OvclipError
     "--cache-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="OpenVINO model cache folder for the timed models (default: ~/.cache/ovclip/ov_cache on GPU/NPU, "
-    "none on CPU; $OVCLIP_CACHE_DIR moves it).",
+    help="OpenVINO model cache folder for the timed models (default: ~/.cache/ovclip/ov_cache; $OVCLIP_CACHE_DIR "
+    "moves it, OVCLIP_CACHE_DIR=off switches it off).",
 )
 @click.option("--no-cache", is_flag=True, help="Compile without OpenVINO's model cache.")
 @click.option("--no-accuracy", is_flag=True, help="Measure speed only.")

@@ -69,8 +69,8 @@ class Deployment:
     ):
         """`inference_precision` (CPU): "f32", "bf16", "f16", None (the plugin's default) or "deployed" (the folder's
         recorded choice, `ovclip.folder.deployed`; f32 without one). `cache_dir`: OpenVINO's model cache
-        (CACHE_DIR) — "default" caches on the devices where compiling is slow (`ovclip.runtime.device.cache_dir_for`),
-        None switches it off, a path caches there."""
+        (CACHE_DIR) — "default" caches in ~/.cache/ovclip/ov_cache or $OVCLIP_CACHE_DIR (`ovclip.runtime.device.
+        cache_dir_for`), None switches it off, a path caches there."""
         self.folder = Path(folder)
         self.manifest = read_manifest(self.folder, verify=verify)
         self.device = check_device(device)
