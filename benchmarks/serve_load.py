@@ -272,6 +272,29 @@ def offline_cpu(folder: str, pngs: list[bytes], seconds: float) -> dict[str, flo
     return {"images_per_s": t.throughput_fps, "images_per_cpu_s": (t.images + 2 * nireq * 8) / cpu, "nireq": nireq}
 
 
+def preprocess_cost(folder: str, pngs: list[bytes], repeats: int = 3) -> dict[str, float]:
+    """CPU ms per image (one thread, median of `repeats`) of what the server does before inference: decode a
+    PNG, then its preprocessing (`ovclip.serve.pixels`), beside the library's `Deployment.preprocess`."""
+    from ovclip.runtime import Deployment
+    from ovclip.serve.decode import Limits, decode_image
+    from ovclip.serve.pixels import Pixels
+
+    dep = Deployment(folder)
+    pixels = Pixels(dep.preprocess_config)
+    out: dict[str, list[float]] = {"decode": [], "serve_preprocess": [], "library_preprocess": []}
+    for _ in range(repeats):
+        c0 = time.process_time()
+        images = [decode_image(b, "png", Limits()) for b in pngs]
+        c1 = time.process_time()
+        pixels(images)
+        c2 = time.process_time()
+        dep.preprocess([im.convert("RGB") for im in images])
+        c3 = time.process_time()
+        for k, v in zip(out, (c1 - c0, c2 - c1, c3 - c2), strict=True):
+            out[k].append(1e3 * v / len(pngs))
+    return {f"{k}_cpu_ms_per_image": round(C.median(v), 3) for k, v in out.items()}
+
+
 # --- main -----------------------------------------------------------------------------------------------
 
 
@@ -323,7 +346,14 @@ def main() -> None:
     ap.add_argument("--bench-seconds", type=float, default=10.0)
     ap.add_argument("--server-args", default="", help="extra `ovclip serve` arguments")
     ap.add_argument("--json", type=Path, default=C.RESULTS / "serve_load.json")
+    ap.add_argument("--preprocess-only", action="store_true", help="only the CPU cost of decode + preprocessing")
     args = ap.parse_args()
+    if args.preprocess_only:
+        run = C.Run("serve_preprocess")
+        run.data["preprocess_cost"] = cost = preprocess_cost(args.folder, fashion_pngs(512))
+        print(json.dumps(cost))
+        run.finish(args.json)
+        return
     settings = [int(s) for s in args.per_request.split(",")]
     run = C.Run("serve_load", extra_packages=("ray", "fastapi", "starlette", "uvicorn", "aiohttp"))
     pngs = fashion_pngs(2000)
