@@ -126,12 +126,20 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     "calibration images)  [default: 0.993]",
 )
 @click.option(
+    "--exit-rule",
+    type=click.Choice(["auto", "paper", "select", "confidence", "label-free"]),
+    default=None,
+    help="Early-exit rule. 'auto' (default): per FLOPs budget the rule with the best cross-fitted (5-fold) accuracy "
+    "on the calibration images the heads were not trained on, every candidate's points in the manifest; 'paper': "
+    "the paper's gate (confidence, margin, SAV); 'select': per exit the gate features with the best CV AUC; "
+    "'confidence': top-1 probability; 'label-free': agreement with the previous exit.",
+)
+@click.option(
     "--gate-features",
     type=click.Choice(["paper", "select"]),
     default="paper",
     show_default=True,
-    help="Early-exit gate inputs: 'paper' = (confidence, margin, SAV); 'select' = per exit the candidate set "
-    "(paper's, subsets, agreement with the previous exit) with the best cross-validated AUC.",
+    help="Old spelling: '--gate-features select' is '--exit-rule select'.",
 )
 @click.option(
     "--target-device",
@@ -160,6 +168,7 @@ def quantize(
     flops_budget,
     max_drop,
     min_fidelity,
+    exit_rule,
     gate_features,
     target_device,
     static_batch,
@@ -190,12 +199,20 @@ def quantize(
             min_fidelity=min_fidelity,
             placement="auto" if exits == "auto" else "fixed",
             gate_features=gate_features,
+            exit_rule=exit_rule,
             templates=template_set_of(calibration),
         )
         exits = None if exits == "auto" else exits
-    elif flops_budget is not None or max_drop is not None or min_fidelity is not None or gate_features != "paper":
+    elif (
+        flops_budget is not None
+        or max_drop is not None
+        or min_fidelity is not None
+        or gate_features != "paper"
+        or exit_rule is not None
+    ):
         raise OvclipError(
-            "--flops-budget/--max-drop/--min-fidelity/--gate-features set an exit policy; drop --no-exits to use them"
+            "--flops-budget/--max-drop/--min-fidelity/--exit-rule/--gate-features set an exit policy; drop --no-exits "
+            "to use them"
         )
     from ovclip.folder import check_target
 

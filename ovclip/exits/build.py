@@ -16,13 +16,14 @@ import numpy as np
 import openvino as ov
 
 from ovclip.data.prompts import all_prompts, ensemble, prompt_templates
-from ovclip.exits.calibrate import ExitCalibration, ExitOutputs
+from ovclip.exits.calibrate import PARETO_BUDGETS, ExitCalibration, ExitOutputs
 from ovclip.exits.config import ExitBuildConfig, Placement, check_calibration_size, split_calibration
 from ovclip.exits.features import Features, collect_features
 from ovclip.exits.heads import HeadIRs, HeadTrainConfig, SSAHead, head_embeddings, select_head
 from ovclip.exits.label_free_build import build_label_free_exits, embedding_policy_of_labelled_build
 from ovclip.exits.layers import LayerDiagnostics, candidate_exits
 from ovclip.exits.result import ExitBuild
+from ovclip.exits.rule_select import deployed_rule
 from ovclip.export.exporter import VisionGeometry
 from ovclip.ir import compile_f32
 from ovclip.policy.rules import ExitPolicy
@@ -93,7 +94,17 @@ def build_exits(
     return ExitBuild(
         chosen,
         HeadIRs({L: heads.heads[L] for L in chosen}, geo.tokens, geo.hidden_size),
-        ExitPolicy("gate", chosen, {}, thresholds["gate"], gates, info),
+        deployed_rule(  # --exit-rule: "paper"/"select" keep the gate policy; otherwise chosen by cross-fitting
+            ExitPolicy("gate", chosen, {}, thresholds["gate"], gates, info),
+            cfg.rule_mode,
+            heads.outputs,
+            head_split,
+            (geo.record(), geo.embedding_dim, len(class_text)),
+            cfg.objective,
+            budgets=PARETO_BUDGETS,
+            seed=cfg.seed,
+            progress=progress,
+        ),
         embedding_policy_of_labelled_build(
             heads.outputs.embeddings, feats, (gate_split, threshold_split), geo, chosen, cfg, calibration, progress
         ),

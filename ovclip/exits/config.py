@@ -12,6 +12,7 @@ from ovclip.data.prompts import TEMPLATE_SETS, TemplateSet
 from ovclip.errors import OvclipError
 from ovclip.exits.fidelity import MinFidelity
 from ovclip.exits.heads import HeadTrainConfig
+from ovclip.exits.rule_modes import EXIT_RULE_MODES, ExitRuleMode
 from ovclip.exits.thresholds import FlopsBudget, MaxDrop, Objective
 
 # "fixed": the given exits, or the default candidates thinned by INR pruning; "auto": every block from 2 on is
@@ -50,6 +51,9 @@ class ExitBuildConfig:
     # The default stays "paper": on the shipped model "select" ranks better but is not more accurate per
     # FLOPs budget (benchmarks/gate_vs_confidence.py, RESULTS.md).
     gate_features: GateFeatureMode = "paper"
+    # The rule of the deployed class-score policy (`ovclip.exits.rule_select`): "auto" (None: the default, or
+    # "select" when gate_features="select", its old spelling) picks on calibration data by cross-fitting.
+    exit_rule: ExitRuleMode | None = None
     # Prompt templates of the class text embeddings the heads are trained against (`prompt_templates`):
     # "fashion-mnist" for the built-in calibration set, "generic" for other images.
     templates: TemplateSet = "fashion-mnist"
@@ -69,13 +73,26 @@ class ExitBuildConfig:
             )
         if self.flops_budget is not None and self.max_drop is not None:
             raise OvclipError("give `flops_budget` or `max_drop`, not both", params=("flops_budget", "max_drop"))
+        if self.gate_features == "select" and self.exit_rule not in (None, "select"):
+            raise OvclipError(
+                f"gate_features='select' is exit_rule='select'; it cannot go with exit_rule={self.exit_rule!r}",
+                params=("gate_features", "exit_rule"),
+            )
+        if self.exit_rule == "select":  # the gate path fits the CV-selected gates
+            object.__setattr__(self, "gate_features", "select")
         for name, value, allowed in (
+            ("exit_rule", self.rule_mode, EXIT_RULE_MODES),
             ("gate_features", self.gate_features, GATE_FEATURE_MODES),
             ("placement", self.placement, PLACEMENTS),
             ("templates", self.templates, TEMPLATE_SETS),
         ):
             if value not in allowed:
                 raise OvclipError(f"{name}={value!r}: give {' or '.join(map(repr, allowed))}", params=name)
+
+    @property
+    def rule_mode(self) -> ExitRuleMode:
+        """The exit rule asked for: `exit_rule`, else "select" for gate_features="select", else "auto"."""
+        return self.exit_rule or ("select" if self.gate_features == "select" else "auto")
 
     @property
     def objective(self) -> Objective:
@@ -103,7 +120,13 @@ def split_calibration(n: int, cfg: ExitBuildConfig) -> tuple[np.ndarray, np.ndar
 
 def check_calibration_size(calibration, cfg: ExitBuildConfig) -> None:
     """Early exit needs `cfg.min_images` readable calibration images: say how many there are (and how many were
-    unreadable) and what to do."""
+    unreadable) and what to do. An explicit class-score exit rule needs labels."""
+    if getattr(calibration, "labels", None) is None and cfg.rule_mode != "auto":
+        raise OvclipError(
+            f"exit_rule={cfg.rule_mode!r} chooses among class-score rules, which need labelled calibration images; "
+            "unlabeled images get the label-free fidelity rule (its bound: `min_fidelity`)",
+            params=("exit_rule", "min_fidelity"),
+        )
     n, skipped = len(calibration), len(getattr(calibration, "skipped", []) or [])
     if n >= cfg.min_images:
         return
