@@ -5,7 +5,8 @@
 On an INT8 folder with exits (its heads and exits as built; nothing re-trained, the INT8 tower traced once on
 the calibration and --data images and cached in --cache): the images the heads were not trained on (the pool)
 are cross-fitted as the build does (`ovclip.exits.rule_select`, k folds) with `--draws` different fold
-seeds. Per draw and FLOPs budget, auto picks the candidate with the best out-of-fold top-1; each candidate's
+seeds. Per draw and FLOPs budget, auto picks as the build does (`rule_select.pick`: the simplest candidate not
+significantly below the best out-of-fold top-1); each candidate's
 deployed gates and thresholds are fitted on the whole pool (the same in every draw), so a draw's auto policy at
 a budget is the picked candidate's. On --data (never read by the choice): every candidate's top-1 and saving,
 the best candidate per budget, and auto minus best with a paired bootstrap 95% interval over --data images
@@ -195,13 +196,17 @@ def plot(rows: list[dict], path: Path, draws: int) -> None:
     x = [r["budget"] for r in rows]
     for c in CANDIDATES:
         ax.plot(x, [r[f"{c}_top1"] for r in rows], "o-", ms=3, lw=1, label=c)
+    ax.plot(x, [r["auto_top1"] for r in rows], "k_", ms=14, label=f"auto (mean of {draws} draws)")
+    best = np.array([r[f"{r['best']}_top1"] for r in rows])
+    lo, hi = best + np.array([r["lo"] for r in rows]), best + np.array([r["hi"] for r in rows])
     ax.errorbar(
         x,
-        [r["auto_top1"] for r in rows],
-        yerr=[[-r["lo"] for r in rows], [r["hi"] for r in rows]],
-        fmt="k_",
-        ms=14,
-        label=f"auto (mean of {draws} draws; bar: 95% CI of auto - best, about auto)",
+        (lo + hi) / 2,
+        yerr=(hi - lo) / 2,
+        fmt="none",
+        ecolor="k",
+        capsize=3,
+        label="best candidate + 95% CI of (auto - best)",
     )
     ax.invert_xaxis()
     ax.set_xlabel("FLOPs budget (fraction of full depth)")

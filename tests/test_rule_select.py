@@ -9,11 +9,13 @@ import pytest
 from ovclip.exits.calibrate import ExitOutputs
 from ovclip.exits.rule_select import (
     CANDIDATES,
+    CrossFit,
     Pool,
     choose_rule,
     cross_fit,
     fit_rule,
     folds_of,
+    pick,
 )
 from ovclip.exits.thresholds import FlopsBudget
 from ovclip.policy.cascade import exit_layers
@@ -193,3 +195,34 @@ def test_thresholds_for_many_budgets_equal_the_search_one_budget_at_a_time(candi
         t1, _, fl = choose_thresholds(tr, grids, obj)
         assert t == t1
         assert feasible == (not isinstance(obj, FlopsBudget) or fl <= obj.fraction * 6 + 1e-6)
+
+
+def _fit(name: str, correct: np.ndarray) -> CrossFit:
+    n = len(correct)
+    exits, feasible, flops = np.full((1, n), 6), np.ones(1, bool), np.ones((1, n))
+    return CrossFit(name, np.arange(n), exits, feasible, correct[None, :], flops, correct)
+
+
+@pytest.mark.parametrize(
+    ("extra_right", "chosen"),
+    [
+        (10, "confidence"),  # 10 more right of 2,000 (+0.5 points) with 60 images in disagreement: noise
+        (60, "select"),  # 60 more right and none the other way: a real gain
+    ],
+)
+def test_auto_keeps_the_simpler_rule_unless_a_complex_one_is_significantly_better(extra_right, chosen):
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.8
+    other = base.copy()
+    if extra_right == 10:  # 35 images only select gets right, 25 only confidence does
+        wrong, right = np.flatnonzero(~base), np.flatnonzero(base)
+        other[wrong[:35]] = True
+        other[right[:25]] = False
+    else:
+        other[np.flatnonzero(~base)[:60]] = True
+    fits = {"confidence": _fit("confidence", base), "select": _fit("select", other)}
+    assert fits["select"].top1()[0] - fits["confidence"].top1()[0] == pytest.approx(extra_right / 2000)
+    d = other.astype(float) - base
+    lo = d.mean() - 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # by hand: the paired 95% lower bound
+    assert (lo > 0) == (chosen == "select")
+    assert pick(fits, 0, 1.0, FlopsBudget(0.8)) == chosen

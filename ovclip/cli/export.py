@@ -129,7 +129,8 @@ def export(model, out, exits, precision, static_batch, act, overwrite):
     "--exit-rule",
     type=click.Choice(["auto", "paper", "select", "confidence", "label-free"]),
     default=None,
-    help="Early-exit rule. 'auto' (default): per FLOPs budget the rule with the best cross-fitted (5-fold) accuracy "
+    help="Early-exit rule. 'auto' (default): per FLOPs budget the simplest rule whose cross-fitted (5-fold) accuracy "
+    "is not significantly below the best one's "
     "on the calibration images the heads were not trained on, every candidate's points in the manifest; 'paper': "
     "the paper's gate (confidence, margin, SAV); 'select': per exit the gate features with the best CV AUC; "
     "'confidence': top-1 probability; 'label-free': agreement with the previous exit.",
