@@ -16,6 +16,7 @@ from ovclip.exits.rule_select import (
     fit_rule,
     folds_of,
     pick,
+    significance_z,
 )
 from ovclip.exits.thresholds import FlopsBudget
 from ovclip.policy.cascade import exit_layers
@@ -223,6 +224,12 @@ def test_auto_keeps_the_simpler_rule_unless_a_complex_one_is_significantly_bette
     fits = {"confidence": _fit("confidence", base), "select": _fit("select", other)}
     assert fits["select"].top1()[0] - fits["confidence"].top1()[0] == pytest.approx(extra_right / 2000)
     d = other.astype(float) - base
-    lo = d.mean() - 1.96 * d.std(ddof=1) / np.sqrt(len(d))  # by hand: the paired 95% lower bound
+    lo = d.mean() - 1.960 * d.std(ddof=1) / np.sqrt(len(d))  # two candidates: one comparison, two-sided 5 %
     assert (lo > 0) == (chosen == "select")
     assert pick(fits, 0, 1.0, FlopsBudget(0.8)) == chosen
+
+
+def test_the_significance_bar_is_bonferroni_corrected_for_the_comparisons():
+    # two-sided 5 % over n - 1 comparisons with the best: Phi^-1(1 - 0.05 / 2 / (n - 1)), from a normal table
+    assert significance_z(2) == pytest.approx(1.95996, abs=1e-4)
+    assert significance_z(4) == pytest.approx(2.39398, abs=1e-4)

@@ -5,9 +5,9 @@ alone, and the label-free rule (agreement with the previous exit). The heads are
 part of the calibration images; the other images (the pool) are cut into k folds. For each fold, every
 candidate's gates and its thresholds per FLOPs budget are fitted on the other k-1 folds and applied to the
 held-out fold, so each pool image gets exactly one out-of-fold exit per candidate and budget. Per budget the
-choice is the simplest candidate whose out-of-fold accuracy is not significantly below the best one's (paired
-95 %: a more complex rule has to earn its features); the deployed rule is then fitted once more on the whole
-pool. The test split is never read.
+choice is the simplest candidate whose out-of-fold accuracy is not significantly below the best one's (paired,
+5 % Bonferroni-corrected for the comparisons: a more complex rule has to earn its features); the deployed rule
+is then fitted once more on the whole pool. The test split is never read.
 """
 
 from __future__ import annotations
@@ -178,12 +178,20 @@ def cross_fit(
     return CrossFit(candidate, np.asarray(idx), exit_at, feasible, correct, flops, o.full_correct[idx])
 
 
-# A more complex rule must beat a simpler one by more than this many standard errors of their paired out-of-fold
-# difference (two-sided 95 %) to be chosen over it.
-SIGNIFICANCE_Z = 1.96
+# A more complex rule must beat a simpler one significantly (two-sided 5 %, Bonferroni-corrected for the
+# comparisons with the other candidates) in its paired out-of-fold difference to be chosen over it.
+SIGNIFICANCE_LEVEL = 0.05
 
 
-def significantly_worse(worse: np.ndarray, better: np.ndarray, z: float = SIGNIFICANCE_Z) -> bool:
+def significance_z(n_candidates: int, level: float = SIGNIFICANCE_LEVEL) -> float:
+    """Standard errors a difference must clear: two-sided `level` split over the n - 1 comparisons with the
+    best candidate (4 candidates: 2.39)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1 - level / (2 * max(n_candidates - 1, 1)))
+
+
+def significantly_worse(worse: np.ndarray, better: np.ndarray, z: float) -> bool:
     """Whether per-image correctness `worse` is significantly below `better` on the same images: the paired
     difference's mean minus z standard errors is above 0."""
     d = better.astype(np.float64) - worse.astype(np.float64)
@@ -194,9 +202,9 @@ def significantly_worse(worse: np.ndarray, better: np.ndarray, z: float = SIGNIF
 def pick(fits: dict[str, CrossFit], o: int, full_flops: float, objective: Objective) -> str:
     """The candidate `objective` (index `o`) prefers out of fold. Within a FLOPs budget: the simplest rule
     (order of `CANDIDATES`) whose out-of-fold accuracy is not significantly below the most accurate one's
-    (paired over the pool images, `significantly_worse`); on a few thousand images the candidates' differences
-    are mostly noise, and picking the nominal best then fits that noise. Within a max drop: the fewest FLOPs
-    whose out-of-fold drop against full depth stays below it (none: as for a budget)."""
+    (paired over the pool images, `significantly_worse`, Bonferroni-corrected); on a few thousand images the
+    candidates' differences are mostly noise, and picking the nominal best then fits that noise. Within a max
+    drop: the fewest FLOPs whose out-of-fold drop against full depth stays below it (none: as for a budget)."""
     names = [c for c in CANDIDATES if c in fits and fits[c].feasible[o]] or [c for c in CANDIDATES if c in fits]
     acc = {c: float(fits[c].top1()[o]) for c in names}
     fl = {c: float(fits[c].flops[o].mean()) for c in names}
@@ -206,7 +214,8 @@ def pick(fits: dict[str, CrossFit], o: int, full_flops: float, objective: Object
         if ok:
             return min(ok, key=lambda c: (round(fl[c], 3), -acc[c], names.index(c)))
     best = max(names, key=lambda c: (round(acc[c], 9), -round(fl[c] / full_flops, 9), -names.index(c)))
-    return next(c for c in names if not significantly_worse(fits[c].correct[o], fits[best].correct[o]))
+    z = significance_z(len(names))
+    return next(c for c in names if not significantly_worse(fits[c].correct[o], fits[best].correct[o], z))
 
 
 def budgets_objectives(budgets: tuple[float, ...], objective: Objective) -> list[Objective]:
