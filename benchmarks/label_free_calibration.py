@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,11 @@ def write_flat(folder: Path) -> int:
     return len(images)
 
 
-def run(dep: Deployment, data, class_emb: np.ndarray | None, early_exit: bool, chunk: int = 500):
+def run(dep: Deployment, data, class_emb: np.ndarray | None, early_exit: bool, chunk: int = 500, policy=None):
     embs, layers = [], []
     for i in range(0, len(data), chunk):
         px = data.pixels(np.arange(i, min(i + chunk, len(data))), dep.preprocess_config)
-        out = dep.run_vision(px, class_emb, early_exit=early_exit)
+        out = dep.run_vision(px, class_emb, early_exit=early_exit, policy=policy)
         embs.append(out.embeddings)
         layers.append(out.exit_layer)
     return np.concatenate(embs), np.concatenate(layers)
@@ -67,7 +68,7 @@ def exit_record(dep: Deployment, exits: list[int], layer: np.ndarray, classes: i
     return {"flops_saving": float(saving), "exit_histogram": hist}
 
 
-def measure(folder: Path, data, reference: np.ndarray | None, templates: list[str]) -> dict:
+def measure(folder: Path, data, reference: np.ndarray | None, templates: list[str], sweep: bool = False) -> dict:
     dep = Deployment(folder)
     cls = dep.class_embeddings(data.prompt_names, templates)
     top1 = lambda e: float(np.mean(np.argmax(e @ cls.T, axis=1) == data.labels))  # noqa: E731
@@ -104,6 +105,32 @@ def measure(folder: Path, data, reference: np.ndarray | None, templates: list[st
             rec["label_free"]["mean_cosine_to_fp32"] = float(np.mean(np.sum(emb * reference, axis=1)))
             rec["full_depth_mean_cosine_to_fp32"] = float(np.mean(np.sum(full * reference, axis=1)))
     rec["manifest_calibration"] = dep.manifest.get("quantization", {}).get("calibration")
+    if sweep and lf is not None:
+        rec["label_free_pareto"] = [
+            sweep_point(dep, data, cls, full, neighbours_full, p, top1) for p in lf.info.get("pareto", [])
+        ]
+    return rec
+
+
+def sweep_point(dep: Deployment, data, cls, full, neighbours_full, point: dict, top1) -> dict:
+    """The label-free policy at another of its calibrated bounds (the manifest's Pareto thresholds), on --data."""
+    lf = dep.embedding_policy
+    thresholds = {int(k): v for k, v in point["thresholds"].items()}
+    emb, layer = run(dep, data, None, early_exit=True, policy=replace(lf, thresholds=thresholds))
+    cos = np.sum(emb * full, axis=1)
+    fid = embedding_fidelity(emb, full, ref_neighbours=neighbours_full)
+    rec = {
+        "min_fidelity": point["min_fidelity"],
+        "calibration_flops_saving": point.get("calibration_flops_saving"),
+        "mean_cosine_to_full_depth": float(cos.mean()),
+        "lower_bound_95": fidelity_bound(cos),
+        "bound_holds": bool(cos.mean() >= point["min_fidelity"]),
+        "top10_overlap_with_full_depth": fid["top10_overlap"],
+        "top1_with_class_embeddings_applied_after": top1(emb),
+        "mAP": class_prompt_retrieval(emb, cls, data.labels)["mAP"],
+        **exit_record(dep, lf.exits, layer, 0),
+    }
+    print(json.dumps(rec), flush=True)
     return rec
 
 
@@ -114,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", type=Path, help="FP32 folder: cosine of every embedding to its full depth")
     ap.add_argument("--write-flat", type=Path, help="write the shipped calibration images here as flat PNGs")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--sweep", action="store_true", help="also every calibrated bound of the label-free Pareto")
     args = ap.parse_args(argv)
     if args.write_flat:
         print(f"wrote {write_flat(args.write_flat)} images to {args.write_flat}")
@@ -129,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": versions(),
         "data": data.source,
-        "records": [measure(f, data, reference, templates) for f in args.folders],
+        "records": [measure(f, data, reference, templates, args.sweep) for f in args.folders],
     }
     text = json.dumps(out, indent=1)
     print(text)
