@@ -398,3 +398,34 @@ def test_folder_with_only_a_label_free_rule_exits_on_labelled_data(ee_folder, la
     assert ee["exit_rule"] == "agreement" and ee["top1"] is not None and ee["deployed"]
     assert ee["exit_histogram"] == {str(L): int(np.sum(want.exit_layer == L)) for L in [1, 2, 3, 4]}
     assert ee["retrieval"]["exit_rule"] == "agreement" and "rescue" in ee
+
+
+def test_pareto_on_data_for_a_folder_that_deploys_confidence(ee_folder, labelled_folder, tmp_path):
+    """A folder whose deployed rule is not the gate (what `--exit-rule auto` mostly writes) carries no gates: bench's
+    Pareto pass measures the confidence baseline alone, as a hand cascade over the traced heads gives it."""
+    from ovclip.bench.passes import pareto_on_data
+    from ovclip.data.datasets import open_dataset
+    from ovclip.policy.flops import flops_to_exit, full_depth_flops
+
+    folder = tmp_path / "conf"
+    shutil.copytree(ee_folder, folder)
+    data = json.loads((folder / "manifest.json").read_text())
+    data.pop("files")
+    row = {"thresholds": {"1": None, "2": 0.0, "3": None}, "calibration_top1": 0.5, "calibration_flops_saving": 0.5}
+    data["exit_policy"]["info"] = {"pareto": [{"budget": 0.9, "gate": dict(row), "confidence": dict(row)}]}
+    write_manifest(folder, data)
+    dep = Deployment(folder, runtime="stages")
+    assert dep.policy.rule == "confidence" and not dep.policy.gates
+    ds = open_dataset(str(labelled_folder))
+    cls = dep.class_embeddings(ds.prompt_names, ["a photo of a {}."])
+    (point,) = pareto_on_data(dep, ds, cls, chunk=8)
+    assert set(point) == {"budget", "confidence"}
+    # by hand: threshold 0.0 at exit 2 lets every image out there
+    t = trace_vision(dep, ds.pixels(np.arange(len(ds)), dep.preprocess_config), dep.policy)
+    top1 = float(np.mean((t["heads"][2][0] @ cls.T).argmax(1) == ds.labels))
+    emb_dim = int(dep.manifest["embedding_dim"])
+    at = {L: flops_to_exit(dep.vision, emb_dim, L, [1, 2, 3], len(cls)) for L in (2, dep.num_layers)}
+    saving = 1 - at[2] / at[dep.num_layers]  # against full depth through every exit head, as the policy's points
+    assert at[dep.num_layers] > full_depth_flops(dep.vision, emb_dim)
+    assert point["confidence"]["top1"] == pytest.approx(top1)
+    assert point["confidence"]["flops_saving"] == pytest.approx(saving, rel=1e-6)

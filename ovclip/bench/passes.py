@@ -76,7 +76,8 @@ def accuracy_pass(
 
 def pareto_on_data(dep: Deployment, dataset, class_emb: np.ndarray, chunk: int) -> list[dict]:
     """Accuracy vs FLOPs saving on this data for the thresholds the policy stored per budget, for the
-    learned gate and the confidence-only baseline (one traced pass: every head on every image)."""
+    learned gate (where the folder deploys it: its gates are in the policy) and the confidence-only baseline (one
+    traced pass: every head on every image)."""
     from ovclip.policy.cascade import evaluate
     from ovclip.policy.trace import trace_for_rule
     from ovclip.runtime.deployment import trace_vision
@@ -100,8 +101,9 @@ def pareto_on_data(dep: Deployment, dataset, class_emb: np.ndarray, chunk: int) 
             policy, rule, merged, final, class_emb, dataset.labels, dep.logit_scale, dep.vision, emb_dim
         )
         for rule in ("gate", "confidence")
+        if rule != "gate" or set(policy.gates) == set(policy.exits)  # a non-gate policy carries no gates
     }
-    full = traces["gate"].flops[dep.num_layers]
+    full = traces["confidence"].flops[dep.num_layers]
     out = []
     for row in rows:
         if any(row[r].get("calibration_flops_saving", 1.0) < 1 - row["budget"] - 1e-9 for r in traces):

@@ -70,7 +70,9 @@ def _pareto_panel(ax2, pareto: list[dict], records: list[dict]) -> None:
     """Top-1 vs FLOPs saving per budget, learned gate and confidence baseline; the calibrated policy starred."""
     for r in pareto:
         for rule, style in (("gate", "o-"), ("confidence", "s--")):
-            pts = sorted((100 * p[rule]["flops_saving"], 100 * p[rule]["top1"]) for p in r["pareto"])
+            pts = sorted((100 * p[rule]["flops_saving"], 100 * p[rule]["top1"]) for p in r["pareto"] if rule in p)
+            if not pts:
+                continue
             ax2.plot(
                 [p[0] for p in pts],
                 [p[1] for p in pts],
