@@ -194,6 +194,7 @@ def test_single_stream_reports_latency_and_its_saving(ee_folder, flat_folder, tm
     full, ee = records_of(run(*args, "--json", out), out)
     for r in (full, ee):
         assert (r["scenario"], r["batch"], r["nireq"], r["hint"]) == ("single-stream", 1, 1, "latency")
+        assert r["runtime"] == "stages"  # an image that exits returns at once
         assert r["images_timed"] == r["iterations"]  # one image per query
         lat = r["latency_ms"]
         assert 0 < lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
