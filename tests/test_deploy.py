@@ -31,7 +31,11 @@ from ovclip.runtime import Deployment
 from ovclip.runtime.deployment import trace_vision
 
 N_CAL = 240  # heads 120, gate 40, thresholds (and the measurement) 80
-EXIT_CFG = ExitBuildConfig(flops_budget=0.9, min_images=60, head=HeadTrainConfig(epoch_candidates=(10,)))
+# The paper's gate: these tests replay the gate path's recorded calibration figures (`--exit-rule auto` is
+# tested in test_exit_rule_option.py and test_rule_select.py).
+EXIT_CFG = ExitBuildConfig(
+    flops_budget=0.9, min_images=60, head=HeadTrainConfig(epoch_candidates=(10,)), exit_rule="paper"
+)
 QUANT = QuantizationConfig(subset_size=8, smooth_quant_alpha=None)
 EXITS = "1,3"
 TEMPLATES = prompt_templates(EXIT_CFG.templates)

@@ -189,32 +189,8 @@ def quantize(
         text=text,
         target_device=target_device,
     )
-    ee = None
-    if not no_exits:
-        from ovclip.data.prompts import template_set_of
-        from ovclip.exits.config import ExitBuildConfig
-
-        ee = ExitBuildConfig(
-            flops_budget=flops_budget,
-            max_drop=max_drop,
-            min_fidelity=min_fidelity,
-            placement="auto" if exits == "auto" else "fixed",
-            gate_features=gate_features,
-            exit_rule=exit_rule,
-            templates=template_set_of(calibration),
-        )
-        exits = None if exits == "auto" else exits
-    elif (
-        flops_budget is not None
-        or max_drop is not None
-        or min_fidelity is not None
-        or gate_features != "paper"
-        or exit_rule is not None
-    ):
-        raise OvclipError(
-            "--flops-budget/--max-drop/--min-fidelity/--exit-rule/--gate-features set an exit policy; drop --no-exits "
-            "to use them"
-        )
+    exit_options = dict(flops_budget=flops_budget, max_drop=max_drop, min_fidelity=min_fidelity, exit_rule=exit_rule)
+    ee, exits = _exit_config(no_exits, exits, gate_features, calibration, **exit_options)
     from ovclip.folder import check_target
 
     check_target(out, overwrite=overwrite)  # before the (slow) checkpoint load and calibration
@@ -244,3 +220,23 @@ def quantize(
     policy = m.get("exit_policy")
     extra = f", early exit at blocks {policy['exits']} ({policy['rule']})" if policy else ""
     log(f"wrote {out} (INT8 in {m['quantization']['seconds']} s{extra})")
+
+
+def _exit_config(no_exits, exits, gate_features, calibration, **options):
+    """(ExitBuildConfig or None, the exits to pass on) from quantize's exit flags; exit flags with --no-exits are an
+    error."""
+    if no_exits:
+        if any(v is not None for v in options.values()) or gate_features != "paper":
+            raise OvclipError(
+                "--flops-budget/--max-drop/--min-fidelity/--exit-rule/--gate-features set an exit policy; drop "
+                "--no-exits to use them"
+            )
+        return None, exits
+    from ovclip.data.prompts import template_set_of
+    from ovclip.exits.config import ExitBuildConfig
+
+    placement = "auto" if exits == "auto" else "fixed"
+    cfg = ExitBuildConfig(
+        placement=placement, gate_features=gate_features, templates=template_set_of(calibration), **options
+    )
+    return cfg, (None if exits == "auto" else exits)
