@@ -52,8 +52,9 @@ def check_device(device: str) -> str:
 
 
 # Devices whose compiled models are cached by default (OpenVINO's CACHE_DIR): GPU and NPU compile for tens of
-# seconds; on CPU a warm cache cut the built-in INT8 folder's compile from 3.4 s to 1.0 s and its time to the first
-# result from 5.0 s to 2.6 s (benchmarks/RESULTS.md, "Compile time and the model cache"), for 7 MB on disk.
+# seconds; on CPU a warm cache cut the built-in INT8 folder's early-exit compile from 0.67 s to 0.15 s and its time
+# to the first result from 0.98 s to 0.45 s on an idle 2-core Ice Lake (benchmarks/RESULTS.md, "Compile time and
+# the model cache"), for 7 MB on disk.
 CACHED_BY_DEFAULT = ("CPU", "GPU", "NPU")
 
 
