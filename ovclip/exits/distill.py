@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovclip.exits.heads import HeadTrainConfig, SSAHead, head_embeddings
+from ovclip.exits.heads import HeadTrainConfig, SSAHead, fit_head, head_embeddings
 
 
 @dataclass(frozen=True)
@@ -54,21 +54,11 @@ def train_distill_head(
     x = torch.from_numpy(pooled.astype(np.float32))
     target = _normalized(targets.fp32_final)
     caps = None if targets.captions is None else _normalized(targets.captions)
-    head = SSAHead(x.shape[1], target.shape[1])
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * max(1, int(np.ceil(len(x) / cfg.batch_size)))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    head.train()
-    for _ in range(cfg.epochs):
-        for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            emb = F.normalize(head(x[idx]), dim=-1)
-            loss = distill_loss(emb, target[idx], None if caps is None else caps[idx], targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    return head.eval()
+
+    def loss(emb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return distill_loss(emb, target[idx], None if caps is None else caps[idx], targets)
+
+    return fit_head(x, target.shape[1], loss, cfg)
 
 
 def mean_cosine(head: SSAHead, pooled: np.ndarray, target: np.ndarray) -> float:

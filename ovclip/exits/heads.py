@@ -6,7 +6,7 @@ spatial-activation variance (SAV) the gate reads, so the runtime needs one call 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -68,7 +68,22 @@ def train_head(
     y = torch.from_numpy(labels.astype(np.int64))
     t = F.normalize(torch.from_numpy(class_text.astype(np.float32)), dim=-1)
     target = F.normalize(torch.from_numpy(fp32_target.astype(np.float32)), dim=-1)
-    head = SSAHead(x.shape[1], t.shape[1])
+
+    def loss(emb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ce = cfg.ce_weight * F.cross_entropy(logit_scale * emb @ t.T, y[idx])
+        return ce + cfg.distill_weight * (1 - (emb * target[idx]).sum(-1)).mean()
+
+    return fit_head(x, t.shape[1], loss, cfg)
+
+
+BatchLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (normalised embeddings, batch rows) -> loss
+
+
+def fit_head(x: torch.Tensor, out_dim: int, batch_loss: BatchLoss, cfg: HeadTrainConfig) -> SSAHead:
+    """The training loop every head shares: a fresh `SSAHead` (global torch seed as set by the caller) fitted by
+    AdamW with a cosine schedule over `cfg.epochs` seeded shuffles of `x`; `batch_loss(normalised embeddings,
+    batch row indices)` is the loss."""
+    head = SSAHead(x.shape[1], out_dim)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * max(1, int(np.ceil(len(x) / cfg.batch_size)))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -76,9 +91,7 @@ def train_head(
     head.train()
     for _ in range(cfg.epochs):
         for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
-            emb = F.normalize(head(x[idx]), dim=-1)
-            loss = cfg.ce_weight * F.cross_entropy(logit_scale * emb @ t.T, y[idx])
-            loss = loss + cfg.distill_weight * (1 - (emb * target[idx]).sum(-1)).mean()
+            loss = batch_loss(F.normalize(head(x[idx]), dim=-1), idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
