@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ovclip.data.builtin import builtin_calibration, builtin_classes, builtin_eval
+from ovclip.data.caption_line import parse_caption_line
 from ovclip.data.fashion_mnist import _FILES as _FMNIST_FILES
 from ovclip.data.fashion_mnist import CLASS_NAMES, DEBIAN_PATH, load_split
 from ovclip.data.imagenet import imagenet_layout
-from ovclip.data.images import is_image_name, load_image
+from ovclip.data.images import existing_folder, is_image_name, load_image
 from ovclip.data.labeled import LabeledImages, load_pixels, select_rows
 from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig
@@ -225,11 +226,7 @@ def image_folder(
     (case-insensitive); hidden files and folders are ignored. Every image is decoded once here:
     unreadable ones are recorded in `skipped` (or raise with `strict=True`).
     """
-    root = Path(path)
-    if not root.exists():
-        raise OvclipError(f"image folder {root} not found; check the path")
-    if not root.is_dir():
-        raise OvclipError(f"{root} is a file, not a folder; pass a folder with one subfolder per class")
+    root = existing_folder(path, "a folder with one subfolder per class")
     folders = _class_folders(root)
     if labels_file is not None:
         lf = Path(labels_file)
@@ -399,26 +396,8 @@ def load_captions(path: str | Path, *, strict: bool = False, progress: Progress 
     base = path.parent
     rows: list[tuple[int, Path, str]] = []
     for n, line in _lines(path):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise OvclipError(
-                f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno}); "
-                'each line must be one object like {"image": "a.jpg", "caption": "a dog"}'
-            ) from None
-        if not isinstance(obj, dict):
-            raise OvclipError(f'{path}, line {n}: expected a JSON object {{"image": ..., "caption": ...}}')
-        missing = [k for k in ("image", "caption") if k not in obj]
-        if missing:
-            raise OvclipError(f"{path}, line {n}: missing key(s) {', '.join(map(repr, missing))}")
-        image, caption = obj["image"], obj["caption"]
-        if not isinstance(image, str) or not image.strip():
-            raise OvclipError(f"{path}, line {n}: 'image' must be a non-empty path string")
-        if not isinstance(caption, str):
-            raise OvclipError(f"{path}, line {n}: 'caption' must be a string, got {type(caption).__name__}")
-        if not caption.strip():
-            raise OvclipError(f"{path}, line {n}: empty caption")
-        rows.append((n, Path(base, image.strip()).resolve(), caption.strip()))
+        image, caption = parse_caption_line(path, n, line)
+        rows.append((n, Path(base, image).resolve(), caption))
     if not rows:
         raise OvclipError(f"{path}: no captions (the file is empty); write one JSON object per line")
 

@@ -157,3 +157,13 @@ def load_image(path: str | Path, *, background: tuple[int, int, int] | None = No
         raise OvclipError(
             f"{p}: cannot decode the image ({reason}); the file is truncated or corrupt, re-copy or remove it"
         ) from None
+
+
+def existing_folder(path: str | Path, expected: str) -> Path:
+    """`path` as a folder that exists; otherwise a one-line error (`expected` says what to pass instead)."""
+    root = Path(path)
+    if not root.exists():
+        raise OvclipError(f"image folder {root} not found; check the path")
+    if not root.is_dir():
+        raise OvclipError(f"{root} is a file, not a folder; pass {expected}")
+    return root

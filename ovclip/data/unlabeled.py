@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from ovclip.data.datasets import LabeledImages, _list_images, _validate_files, open_dataset
-from ovclip.data.images import is_image_name, load_image
+from ovclip.data.images import existing_folder, is_image_name, load_image
 from ovclip.errors import OvclipError
 from ovclip.preprocess import PreprocessConfig, preprocess
 from ovclip.progress import Progress
@@ -95,11 +95,7 @@ def _checked(files: list[Path], what: str, where: Path, strict: bool, progress: 
 def unlabeled_images(path: str | Path, *, strict: bool = False, progress: Progress | None = None) -> UnlabeledImages:
     """Every image file under `path` (recursively; hidden files and folders ignored), sorted by relative path,
     with no labels: folder names are not read as classes."""
-    root = Path(path)
-    if not root.exists():
-        raise OvclipError(f"image folder {root} not found; check the path")
-    if not root.is_dir():
-        raise OvclipError(f"{root} is a file, not a folder; pass a folder of images or an image list (.txt)")
+    root = existing_folder(path, "a folder of images or an image list (.txt)")
     files = _list_images(root)
     if not files:
         raise OvclipError(f"{root}: no image files (by extension) in this folder or below; add images")

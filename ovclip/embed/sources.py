@@ -16,12 +16,12 @@ walked in constant memory, and walking it twice gives the same items in the same
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ovclip.data.caption_line import parse_caption_line
 from ovclip.data.images import is_image_name
 from ovclip.errors import OvclipError
 
@@ -111,32 +111,12 @@ def _list_items(path: Path) -> Iterator[Item]:
         raise OvclipError(f"{path}: the image list names no images; write one image path per line")
 
 
-def _caption_line(path: Path, n: int, line: str) -> tuple[str, str]:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise OvclipError(
-            f"{path}, line {n}: malformed JSON ({e.msg} at column {e.colno}); "
-            'each line must be one object like {"image": "a.jpg", "caption": "a dog"}'
-        ) from None
-    if not isinstance(obj, dict):
-        raise OvclipError(f'{path}, line {n}: expected a JSON object {{"image": ..., "caption": ...}}')
-    missing = [k for k in ("image", "caption") if k not in obj]
-    if missing:
-        raise OvclipError(f"{path}, line {n}: missing key(s) {', '.join(map(repr, missing))}")
-    image, caption = obj["image"], obj["caption"]
-    if not isinstance(image, str) or not image.strip():
-        raise OvclipError(f"{path}, line {n}: 'image' must be a non-empty path string")
-    if not isinstance(caption, str) or not caption.strip():
-        raise OvclipError(f"{path}, line {n}: 'caption' must be a non-empty string")
-    return _absolute(path.parent, image.strip()), caption.strip()
-
-
 def _caption_items(path: Path) -> Iterator[Item]:
     current: str | None = None
     captions: list[str] = []
     for n, line in _lines(path):
-        image, caption = _caption_line(path, n, line)
+        name, caption = parse_caption_line(path, n, line)
+        image = _absolute(path.parent, name)
         if image != current and current is not None:
             yield Item(current, tuple(captions))
             captions = []

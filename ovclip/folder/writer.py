@@ -32,12 +32,21 @@ def check_target(out: str | Path, *, overwrite: bool = False) -> Path:
 
 @contextmanager
 def staging_folder(out: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh sibling folder; on success it replaces `out` in one rename.
+    """Yield a fresh sibling folder; on success it replaces the deployment folder `out` in one rename.
 
     Killing the process at any moment leaves either the old `out` or the new one, never a partial
     folder under the name `out` (leftover `.ovclip-tmp-*` siblings are ignored and cleaned next time).
     """
-    out = check_target(out, overwrite=overwrite)
+    with atomic_folder(check_target(out, overwrite=overwrite)) as tmp:
+        yield tmp
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield a fresh sibling of `out` that replaces it in one rename on success (and is removed on failure).
+
+    The caller has already decided that `out` may be replaced (see `check_target`)."""
+    out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.ovclip-tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)

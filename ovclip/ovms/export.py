@@ -17,11 +17,7 @@ for a client-side cascade, each with its `shape` in config.json.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import openvino as ov
@@ -30,6 +26,7 @@ from ovclip import __version__
 from ovclip.data.label_sets import LabelSet, builtin_label_set
 from ovclip.errors import OvclipError
 from ovclip.extras import require
+from ovclip.folder import atomic_folder
 from ovclip.ovms.config import ModelEntry, plugin_config, repository_config, shape_text
 from ovclip.policy.rules import ExitPolicy
 from ovclip.progress import Progress, note
@@ -120,9 +117,8 @@ def _safetensors():
     return require("safetensors.numpy", extra="serve", feature="writing label sets")
 
 
-@contextmanager
-def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
-    """A fresh sibling folder that replaces `out` in one rename when the export completes."""
+def _check_repository_target(out: Path, overwrite: bool) -> Path:
+    """Refuse an `out` that exists unless `overwrite` is set and it is an ovclip OVMS repository."""
     if out.exists():
         if not overwrite:
             raise OvclipError(f"{out} already exists; pass `overwrite` to replace it", params="overwrite")
@@ -132,21 +128,7 @@ def _staging(out: Path, overwrite: bool) -> Iterator[Path]:
                 "choose another `out`",
                 params=("overwrite", "out"),
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.ovclip-tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.parent / f".{out.name}.ovclip-tmp-old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+    return out
 
 
 def export_ovms(
@@ -174,7 +156,7 @@ def export_ovms(
     names = [ls.name or "labels" for ls in sets]
     if len(set(names)) != len(names) or any(not n.replace("-", "").replace("_", "").isalnum() for n in names):
         raise OvclipError(f"label sets {names}: each needs its own name of letters, digits, - and _", params="labels")
-    with _staging(out, overwrite) as repo:
+    with atomic_folder(_check_repository_target(out, overwrite)) as repo:
         note(progress, f"writing the {'stage' if static else 'one-graph early-exit'} models of {dep.folder}")
         models = _static_models(dep, repo, prefix) if static else _dynamic_models(dep, repo, prefix)
         text = f"{prefix}-text"
