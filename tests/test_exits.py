@@ -191,6 +191,11 @@ def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
     np.testing.assert_array_equal(out.exit_layer, ref.exit_layer)
     np.testing.assert_allclose(out.embeddings, ref.embeddings, atol=1e-5)
     np.testing.assert_allclose(out.scores, ref.scores, atol=1e-3)
+    # one image at a time: the If-branch graph (an image that exits skips the rest), image for image the same
+    singles = [graph.run_vision(px[i : i + 1], cls, policy=mixed) for i in range(len(px))]
+    assert any(k.startswith("branches:") for k in graph._graphs), list(graph._graphs)
+    np.testing.assert_array_equal(np.concatenate([o.exit_layer for o in singles]), ref.exit_layer)
+    np.testing.assert_allclose(np.concatenate([o.embeddings for o in singles]), ref.embeddings, atol=1e-5)
     # every sample leaves at the last exit: the final block runs on an empty batch inside the graph
     last = base.with_thresholds({L: (-1e9 if EXITS[-1] == L else None) for L in EXITS})
     out = graph.run_vision(px[:3], cls, policy=last)
@@ -219,6 +224,27 @@ def test_auto_runtime_falls_back_to_stages_when_the_graph_cannot_be_built(tiny, 
     np.testing.assert_array_equal(out.embeddings, ref.embeddings)
     with pytest.raises(OvclipError, match="NonZero is not supported"):
         Deployment(folder, runtime="graph").run_vision(pixels, cls, policy=mixed)
+
+
+def test_one_image_falls_back_to_the_compaction_graph_when_if_cannot_compile(tiny, pixels, monkeypatch):
+    import ovclip.runtime.deployment as runtime_module
+    from ovclip.errors import OvclipError
+
+    model, heads, folder, policy = tiny
+
+    def unsupported(*args, **kwargs):
+        raise OvclipError("OpenVINO could not compile the model for CPU: If is not supported")
+
+    monkeypatch.setattr(runtime_module, "exit_branches", unsupported)
+    cls = np.eye(3, EMB, dtype=np.float32)
+    mixed = policy.with_thresholds({L: 0.4 for L in EXITS})
+    dep = Deployment(folder)
+    out = [dep.run_vision(pixels[i : i + 1], cls, policy=mixed) for i in range(len(pixels))]
+    assert dep.runtime == "graph" and not dep._branches
+    assert all(k.startswith("graph:") for k in dep._graphs)
+    ref = Deployment(folder, runtime="stages").run_vision(pixels, cls, policy=mixed)
+    np.testing.assert_array_equal(np.concatenate([o.exit_layer for o in out]), ref.exit_layer)
+    np.testing.assert_allclose(np.concatenate([o.embeddings for o in out]), ref.embeddings, atol=1e-5)
 
 
 def test_graph_cache_is_bounded_and_recompiles_evicted_policies(tiny, pixels, monkeypatch):

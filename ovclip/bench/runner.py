@@ -167,22 +167,13 @@ def prepare_folder(
     return out
 
 
-def runtime_for(settings: BenchSettings) -> str:
-    """The Deployment runtime a record is timed with. Single-stream sends one image per query: on the stage path an
-    image that exits returns at once, while the one-graph runtime still walks every later node with an empty batch
-    (on the built-in folder that kept 0.8 % of a 22 % FLOPs saving, benchmarks/RESULTS.md)."""
-    if settings.runtime == "auto" and settings.scenario == "single-stream":
-        return "stages"
-    return settings.runtime
-
-
 def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templates, v: Variant, progress, pools):
     dep = Deployment(
         folder,
         settings.device,
         hint=settings.performance_hint,
         inference_precision=v.precision,
-        runtime=runtime_for(settings),
+        runtime=settings.runtime,
         cache_dir=settings.cache_dir,
     )
     labelled = dataset is not None and getattr(dataset, "labels", None) is not None
@@ -193,7 +184,7 @@ def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templat
         return None
     pool = timing_pool(dep, dataset, settings, pools)
     t0 = time.perf_counter()
-    dep.compile_vision(policy)
+    dep.compile_vision(policy, len(pool[0]))
     t1 = time.perf_counter()
     p = Prepared({}, dep, v, class_emb, pool, 1)
     p.run(pool[0])

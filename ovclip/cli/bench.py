@@ -84,8 +84,8 @@ from ovclip.errors import OvclipError
     type=click.Choice(["auto", "graph", "stages"]),
     default="auto",
     show_default=True,
-    help="graph: each policy as one OpenVINO graph (dynamic-shape devices); stages: stage by stage from Python; "
-    "auto: the device's default, and stages in the single-stream scenario (an image that exits returns at once).",
+    help="graph: each policy as one OpenVINO graph (dynamic-shape devices; one image per query runs it as If "
+    "branches, so an image that exits skips the rest); stages: stage by stage from Python; auto: the device's default.",
 )
 @click.option("--pool", type=int, default=512, show_default=True, help="Images cycled through in the timed runs.")
 @click.option(
