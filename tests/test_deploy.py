@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ovclip.bench.offline_batch import pick_batch
 from ovclip.bench.runner import BenchSettings, bench_folder
 from ovclip.bench.variants import variants
 from ovclip.data.builtin import builtin_calibration
@@ -29,6 +30,7 @@ from ovclip.quantize.nncf_stages import count_int8
 from ovclip.quantize.pipeline import quantize_deployment
 from ovclip.runtime import Deployment
 from ovclip.runtime.deployment import trace_vision
+from ovclip.runtime.device import device_name
 
 N_CAL = 240  # heads 120, gate 40, thresholds (and the measurement) 80
 # The paper's gate: these tests replay the gate path's recorded calibration figures (`--exit-rule auto` is
@@ -106,6 +108,11 @@ def test_the_record_says_what_was_measured_and_the_choice_follows_from_it(built)
     fastest = max((c for c in by.values() if c["within_tolerance"]), key=lambda c: c["throughput_fps_median"])
     assert d["chosen"] == fastest["name"]
     assert d["inference_precision"] == fastest["executed_precision"] and d["early_exit"] == fastest["early_exit"]
+    # the winner's offline batch: measured on its own deployed variant, recorded with the CPU it was measured on
+    batch = d["offline_batch"]
+    assert batch["chosen_by"] == "measured" and d["device_name"] == device_name("CPU")
+    assert batch["batch"] == pick_batch({int(b): s["median"] for b, s in batch["throughput_fps"].items()})
+    assert d["timing"]["batch"][chosen_folder(d)] == batch["batch"]
 
 
 def test_the_deployed_folder_is_the_chosen_candidate(built):
@@ -124,6 +131,12 @@ def test_deployment_and_bench_run_the_recorded_choice(built, calibration):
     data = calibration.subset(np.arange(16))
     recs = bench_folder(root / "deployed", BenchSettings(seconds=0.2, rounds=1, pool=16), data, TEMPLATES)
     assert [r["variant"] for r in recs if r["deployed"]] == [d["chosen"]]
+    assert all(r["batch_choice"]["chosen_by"].startswith("recorded by `ovclip deploy`") for r in recs)
+    assert all(r["batch"] == min(16, d["offline_batch"]["batch"]) for r in recs)  # 16 images: one call at most
+
+
+def chosen_folder(d: dict) -> str:
+    return next(c["folder"] for c in d["candidates"] if c["name"] == d["chosen"])
 
 
 def test_a_recorded_precision_and_full_depth_are_what_deployment_runs(built, tmp_path, pixels):

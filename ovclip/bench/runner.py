@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from ovclip.bench.offline_batch import BatchChoice, rebatch, tune_batch
 from ovclip.bench.passes import AccuracyResult, accuracy_pass, pareto_on_data, policy_used
 from ovclip.bench.scenarios import scenario as get_scenario
 from ovclip.bench.throughput import Timing, measure
@@ -19,10 +20,11 @@ from ovclip.bench.timing import time_and_report
 from ovclip.bench.variants import Variant, is_deployed, variants
 from ovclip.errors import OvclipError
 from ovclip.folder import read_manifest
+from ovclip.folder.deployed import deployed_batch
 from ovclip.policy.flops import full_depth_flops, mean_flops
 from ovclip.progress import Progress, advance, note
 from ovclip.runtime import Deployment
-from ovclip.runtime.device import cache_dir_for
+from ovclip.runtime.device import cache_dir_for, device_name
 
 __all__ = [
     "AccuracyResult",
@@ -30,6 +32,7 @@ __all__ = [
     "Prepared",
     "accuracy_pass",
     "bench_folder",
+    "choose_offline_batch",
     "optimal_nireq",
     "prepare_folder",
     "timing_pool",
@@ -45,7 +48,7 @@ NO_DATA_REASON = "not measured (no data set given)"
 class BenchSettings:
     device: str = "CPU"
     hint: str | None = None  # None: the scenario's (offline: throughput; the stream scenarios: latency)
-    batch: int | None = None  # images per inference in the offline scenario (None: 8); fixed by the others
+    batch: int | None = None  # images per call, offline (None: per folder, recorded or measured); fixed by the others
     nireq: int | None = None  # offline: None = the device's optimal number of infer requests
     seconds: float = 5.0  # timed seconds per record and round
     precision: str = "auto"  # auto: fp32 folders as f32 (+ bf16 where the CPU has it); f32; bf16
@@ -81,8 +84,13 @@ class BenchSettings:
 
     @property
     def query_size(self) -> int:
-        """Images per inference call: the scenario's, or `batch` (default 8) offline."""
+        """Images per inference call: the scenario's, or `batch` offline (8 until a folder's batch is chosen)."""
         return get_scenario(self.scenario).samples_per_query or self.batch or 8
+
+    @property
+    def batch_to_choose(self) -> bool:
+        """Offline without a given batch: each folder's offline batch is chosen (`choose_offline_batch`)."""
+        return self.batch is None and get_scenario(self.scenario).samples_per_query is None
 
     @property
     def performance_hint(self) -> str:
@@ -164,7 +172,37 @@ def prepare_folder(
         p = _prepare_variant(folder, manifest, settings, dataset, templates, v, progress, pools)
         if p is not None:
             out.append(p)
+    if out and settings.batch_to_choose:
+        choose_offline_batch(out, manifest, settings, progress)
     return out
+
+
+def choose_offline_batch(prepared: list[Prepared], manifest, settings: BenchSettings, progress=None) -> BatchChoice:
+    """One offline batch for every variant of a folder: the one its record says was fastest on this device, else
+    measured now on its deployed variant (`ovclip.bench.offline_batch`). Each variant's pool is re-cut to it."""
+    name = device_name(settings.device)
+    recorded = deployed_batch(manifest, settings.device, name)
+    if manifest.get("static_batch") is not None:
+        choice = BatchChoice(int(manifest["static_batch"]), "the folder's static batch", {})
+    elif recorded is not None:
+        choice = BatchChoice(recorded, f"recorded by `ovclip deploy` on this device ({name})", {})
+    else:
+        p = next((p for p in prepared if p.record["deployed"]), prepared[-1])
+        folder = Path(p.record["model"]).name
+        choice = tune_batch(
+            p.run,
+            p.pool,
+            nireq=p.nireq,
+            seconds=min(settings.seconds, 2.0),
+            rounds=min(max(settings.rounds, 2), 3),
+            on_result=lambda r, b, fps: note(progress, f"{folder} {p.variant.name}: batch {b}: {fps:.1f} img/s"),
+        )
+        note(progress, f"{folder}: offline batch {choice.batch} (fastest for {p.variant.name} on {settings.device})")
+    for q in prepared:
+        q.pool = rebatch(q.pool, choice.batch)
+        q.record["batch"] = len(q.pool[0])  # fewer images in the pool than the batch: all of them in one call
+        q.record["batch_choice"] = choice.as_dict()
+    return choice
 
 
 def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templates, v: Variant, progress, pools):

@@ -29,7 +29,13 @@ from ovclip.errors import OvclipError
     default=None,
     help="OpenVINO performance hint (default: throughput offline, latency in the stream scenarios).",
 )
-@click.option("--batch", type=int, default=None, help="Images per inference, offline scenario (default 8).")
+@click.option(
+    "--batch",
+    type=int,
+    default=None,
+    help="Images per inference, offline scenario. Default: per folder, the batch `ovclip deploy` recorded on this "
+    "device, else the fastest of 8/16/32/64 for its deployed variant, measured first.",
+)
 @click.option("--nireq", type=int, default=None, help="Requests in flight, offline (default: the device's optimum).")
 @click.option(
     "--time",

@@ -8,11 +8,11 @@ from pathlib import Path
 from ovclip.bench.runner import BenchSettings
 from ovclip.data.prompts import prompt_templates
 from ovclip.exits.config import ExitBuildConfig
-from ovclip.ir import core
 from ovclip.precision.decide import decide, decision_record
 from ovclip.precision.measure import measure_candidates
 from ovclip.precision.settings import DeploySettings, measurement_split
 from ovclip.progress import Progress, note
+from ovclip.runtime.device import device_name
 
 
 def choose_measured(
@@ -47,17 +47,23 @@ def choose_measured(
         "timing": {
             "scenario": "offline",
             "hint": bench.performance_hint,
-            "batch": bench.query_size,
+            "batch": {name: _batch_of(records, folder) for name, folder in folders.items()},
             "nireq": records[0]["nireq"] if records else None,
             "rounds": settings.rounds,
             "seconds_per_round": settings.seconds,
         },
+        "offline_batch": _batch_choice(records, folders[chosen.folder], bench.query_size),
         **decision_record(decision, measured),
     }
 
 
-def device_name(device: str) -> str | None:
-    try:
-        return str(core().get_property(device, "FULL_DEVICE_NAME"))
-    except RuntimeError:
-        return None
+def _batch_of(records: list[dict], folder: Path) -> int | None:
+    return next((r["batch"] for r in records if r["model"] == str(folder)), None)
+
+
+def _batch_choice(records: list[dict], folder: Path, given: int) -> dict:
+    """The winning folder's offline batch: as `ovclip bench` chose it (`ovclip.bench.offline_batch`), or given."""
+    for r in records:
+        if r["model"] == str(folder) and r.get("batch_choice"):
+            return r["batch_choice"]
+    return {"batch": _batch_of(records, folder) or given, "chosen_by": "given", "throughput_fps": {}}

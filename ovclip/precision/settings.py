@@ -22,7 +22,7 @@ class DeploySettings:
     tolerance: Tolerance = field(default_factory=Tolerance)
     rounds: int = 3  # rotating rounds every configuration is timed in
     seconds: float = 2.0  # timed seconds per configuration and round
-    batch: int = 8
+    batch: int | None = None  # images per call in the timing (None: each candidate's own, measured)
     static_batch: int | None = None
     overwrite: bool = False
     keep_candidates: str | Path | None = None  # where to keep every candidate folder (None: removed)
@@ -30,7 +30,7 @@ class DeploySettings:
     def __post_init__(self) -> None:
         if self.precision not in CHOICES:
             raise OvclipError(f"precision={self.precision!r}: choose one of {', '.join(CHOICES)}", params="precision")
-        if self.rounds < 1 or self.seconds <= 0 or self.batch < 1:
+        if self.rounds < 1 or self.seconds <= 0 or (self.batch is not None and self.batch < 1):
             raise OvclipError(
                 f"rounds={self.rounds}, seconds={self.seconds}, batch={self.batch}: all must be positive",
                 params=("rounds", "seconds", "batch"),

@@ -39,6 +39,14 @@ def _physical(device: str) -> list[str]:
     return [device]
 
 
+def device_name(device: str) -> str | None:
+    """The plugin's FULL_DEVICE_NAME (e.g. the CPU model), None where it cannot say."""
+    try:
+        return str(core().get_property(device, "FULL_DEVICE_NAME"))
+    except RuntimeError:
+        return None
+
+
 def check_device(device: str) -> str:
     """Return the device name, or raise one line naming the devices that are there."""
     if not device or not device.strip():
