@@ -18,7 +18,7 @@ def plot_records(records: list[dict], path: Path) -> None:
     accuracy = any(r.get("top1") is not None for r in records)
     ylabel = "zero-shot top-1 (%)" if accuracy else "embedding cosine to FP32, mean"
     for r in records:
-        label = f"{Path(r['model']).name}:{r['variant']} ({r['inference_precision']})"
+        label = f"{Path(r['model']).name}:{r['variant']} ({r['inference_precision']}, batch {r['batch']})"
         y = _y(r, accuracy)
         s = r.get("throughput_spread")
         if y is None:
@@ -39,11 +39,10 @@ def plot_records(records: list[dict], path: Path) -> None:
             r["throughput_fps"], y, xerr=xerr, fmt="*" if deployed else "o", ms=12 if deployed else 6, capsize=3
         )
         ax.annotate(label, (r["throughput_fps"], y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    r0 = records[0] if records else {"device": "", "scenario": "", "batch": "?"}
+    r0 = records[0] if records else {"device": "", "scenario": ""}
     rounds = len(r0.get("rounds", []))
     ax.set_xlabel(
-        f"images / s ({r0['device']}, {r0['scenario']}, batch {r0['batch']}; median and min-max of {rounds} "
-        "rotating rounds; * deployed)",
+        f"images / s ({r0['device']}, {r0['scenario']}; median and min-max of {rounds} rotating rounds; * deployed)",
         fontsize=8,
     )
     ax.set_ylabel(ylabel)
