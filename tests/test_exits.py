@@ -193,9 +193,12 @@ def test_one_graph_runtime_decides_like_the_python_cascade(tiny, rule):
     np.testing.assert_allclose(out.scores, ref.scores, atol=1e-3)
     # one image at a time: the If-branch graph (an image that exits skips the rest), image for image the same
     singles = [graph.run_vision(px[i : i + 1], cls, policy=mixed) for i in range(len(px))]
-    assert any(k.startswith("branches:") for k in graph._graphs), list(graph._graphs)
+    assert any(k.startswith("one:") for k in graph._graphs), list(graph._graphs)
     np.testing.assert_array_equal(np.concatenate([o.exit_layer for o in singles]), ref.exit_layer)
-    np.testing.assert_allclose(np.concatenate([o.embeddings for o in singles]), ref.embeddings, atol=1e-5)
+    # static shapes may pick other kernels than dynamic ones (CI's CPU did for INT8): a looser bound, exits exact
+    np.testing.assert_allclose(np.concatenate([o.embeddings for o in singles]), ref.embeddings, atol=1e-4)
+    one = graph._graphs[next(k for k in graph._graphs if k.startswith("one:"))]  # compiled for exactly one image
+    assert [i.get_partial_shape().is_static for i in one.inputs] == [True] * len(one.inputs)
     # every sample leaves at the last exit: the final block runs on an empty batch inside the graph
     last = base.with_thresholds({L: (-1e9 if EXITS[-1] == L else None) for L in EXITS})
     out = graph.run_vision(px[:3], cls, policy=last)
@@ -240,7 +243,7 @@ def test_one_image_falls_back_to_the_compaction_graph_when_if_cannot_compile(tin
     mixed = policy.with_thresholds({L: 0.4 for L in EXITS})
     dep = Deployment(folder)
     out = [dep.run_vision(pixels[i : i + 1], cls, policy=mixed) for i in range(len(pixels))]
-    assert dep.runtime == "graph" and not dep._branches
+    assert dep.runtime == "graph" and not dep._one_image
     assert all(k.startswith("graph:") for k in dep._graphs)
     ref = Deployment(folder, runtime="stages").run_vision(pixels, cls, policy=mixed)
     np.testing.assert_array_equal(np.concatenate([o.exit_layer for o in out]), ref.exit_layer)

@@ -222,7 +222,7 @@ def _prepare_variant(folder, manifest, settings: BenchSettings, dataset, templat
         return None
     pool = timing_pool(dep, dataset, settings, pools)
     t0 = time.perf_counter()
-    dep.compile_vision(policy, len(pool[0]))
+    dep.compile_vision(policy, len(pool[0]), 0 if class_emb is None else len(class_emb))
     t1 = time.perf_counter()
     p = Prepared({}, dep, v, class_emb, pool, 1)
     p.run(pool[0])

@@ -55,7 +55,7 @@ def startup_once(
         cls = rng.standard_normal((classes, int(dep.manifest["embedding_dim"]))).astype(np.float32)
         cls /= np.linalg.norm(cls, axis=1, keepdims=True)
     policy = (dep.policy if cls is not None else dep.embedding_policy) if early_exit else None
-    dep.compile_vision(policy, batch)
+    dep.compile_vision(policy, batch, classes if cls is not None else 0)
     t3 = time.perf_counter()
     s = dep.vision["image_size"]
     dep.run_vision(rng.standard_normal((batch, 3, s, s), dtype=np.float32), cls, early_exit=early_exit)

@@ -7,9 +7,9 @@
 
 On devices with dynamic shapes (CPU, GPU) the stages, exit heads, gates and batch compaction of a policy
 are joined into one OpenVINO graph (`ovclip.runtime.exit_graph`) and run as one request per batch; a batch of
-one image runs the policy as nested If ops instead (`ovclip.runtime.exit_branches`: an image that exits skips
-the rest of the tower). Static-shape devices (NPU) run stage by stage from Python (`runtime="stages"` forces
-that path anywhere).
+one image runs on graphs compiled for exactly one image, the exit policy as nested If ops
+(`ovclip.runtime.exit_branches`: an image that exits skips the rest of the tower). Static-shape devices (NPU)
+run stage by stage from Python (`runtime="stages"` forces that path anywhere).
 One compiled model per graph or IR is shared by all threads; each thread gets its own infer requests, so
 the object is safe to call from several threads at once.
 """
@@ -36,7 +36,7 @@ from ovclip.ir import compile_model, read_model
 from ovclip.policy.rules import ExitPolicy
 from ovclip.preprocess import PreprocessConfig, preprocess
 from ovclip.runtime.device import check_device, compile_config, executed_precision
-from ovclip.runtime.exit_branches import exit_branches
+from ovclip.runtime.exit_branches import exit_branches, for_one_image
 from ovclip.runtime.exit_graph import exit_graph
 from ovclip.runtime.graph_ops import exits_in_graph
 from ovclip.tokenizer import ClipTokenizer
@@ -94,7 +94,7 @@ class Deployment:
             )
         self.runtime = "stages" if runtime == "stages" or static else "graph"
         self._runtime_fallback = runtime == "auto"  # a device that cannot compile the one graph runs stages
-        self._branches = True  # batches of one image through If ops, until a device cannot compile them
+        self._one_image = True  # one image: graphs with static shapes and If exits, until a device cannot compile them
         self._graphs: OrderedDict[str, ov.CompiledModel] = OrderedDict()
         self.preprocess_config = PreprocessConfig.load(self.folder / "preprocessor_config.json")
         self.tokenizer = ClipTokenizer.from_file(
@@ -171,24 +171,28 @@ class Deployment:
         graph = self._use_graph(None)
         return graph[1] if graph is not None else self.compiled(self.stage_files[0])
 
-    def compile_vision(self, policy: ExitPolicy | None = None, images: int = 0) -> None:
+    def compile_vision(self, policy: ExitPolicy | None = None, images: int = 0, classes: int = 0) -> None:
         """Compile now what `run_vision` runs with `policy` (None: full depth) on batches of `images` (0: any size
-        but one) instead of on its first call: the one graph, or the stages and that policy's exit heads."""
-        if self._use_graph(policy, images) is None:
+        but one) scored against `classes` class embeddings, instead of on its first call: the one graph, or the
+        stages and that policy's exit heads."""
+        if self._use_graph(policy, images, classes) is None:
             for f in self.stage_files + ([policy.head_file(e) for e in policy.exits] if policy else []):
                 self.compiled(f)
 
-    def _use_graph(self, policy: ExitPolicy | None, images: int = 0) -> tuple[str, ov.CompiledModel] | None:
-        """The one-graph model for `policy` (for one image with exits: the If-branch form), or None where the stage
-        path runs: static-batch folders, `runtime="stages"`, or (with `runtime="auto"`) a device that cannot build
-        or compile the graph. A device that cannot compile the If form runs the compaction graph."""
+    def _use_graph(
+        self, policy: ExitPolicy | None, images: int = 0, classes: int = 0
+    ) -> tuple[str, ov.CompiledModel] | None:
+        """The one-graph model for `policy` — for a single image, compiled for exactly one image (and `classes`
+        class embeddings where the rule scores them), exits as If branches — or None where the stage path runs:
+        static-batch folders, `runtime="stages"`, or (with `runtime="auto"`) a device that cannot build or compile
+        the graph. A device that cannot compile the one-image form runs the batch graph for single images too."""
         if self.runtime != "graph":
             return None
-        if images == 1 and self._branches and exits_in_graph(policy)[0]:
+        if images == 1 and self._one_image:
             try:
-                return self._graph(policy, branches=True)
+                return self._graph(policy, one_image=True, classes=classes)
             except OvclipError:
-                self._branches = False
+                self._one_image = False
         try:
             return self._graph(policy)
         except OvclipError:
@@ -260,7 +264,7 @@ class Deployment:
         if use_exits and policy.needs_labels and class_embeddings is None:
             raise OvclipError(f"{self.folder}: its exit rule '{policy.rule}' needs class embeddings (a label set)")
         chosen = policy if use_exits else None
-        graph = self._use_graph(chosen, len(pixels))
+        graph = self._use_graph(chosen, len(pixels), 0 if class_embeddings is None else len(class_embeddings))
         if graph is not None:
             embeddings, exit_layer = self._run_graph(graph, pixels, class_embeddings)
         else:
@@ -268,11 +272,17 @@ class Deployment:
         scores = self.logit_scale * embeddings @ class_embeddings.T if class_embeddings is not None else None
         return VisionOutput(embeddings, exit_layer, scores)
 
-    def _graph(self, policy: ExitPolicy | None, branches: bool = False) -> tuple[str, ov.CompiledModel]:
-        """The compiled one-graph model for `policy` (None: full depth), built on first use and cached; `branches`:
-        the If form for one image at a time (`exit_branches`), else batch compaction (`exit_graph`)."""
+    def _graph(
+        self, policy: ExitPolicy | None, one_image: bool = False, classes: int = 0
+    ) -> tuple[str, ov.CompiledModel]:
+        """The compiled one-graph model for `policy` (None: full depth), built on first use and cached: batch
+        compaction (`exit_graph`), or with `one_image` a graph for exactly one image whose exits are If branches
+        (`exit_branches`; full depth and policies without a threshold: `exit_graph` with static shapes)."""
         spec = None if policy is None else {k: v for k, v in policy.to_dict().items() if k != "info"}
-        key = ("branches:" if branches else "graph:") + json.dumps(spec, sort_keys=True)
+        branches = one_image and bool(exits_in_graph(policy)[0])
+        scored = branches and policy.needs_labels
+        key = f"one:{classes if scored else ''}:" if one_image else "graph:"
+        key += json.dumps(spec, sort_keys=True)
         with self._lock:
             hit = self._graphs.get(key)
             if hit is not None:
@@ -287,8 +297,11 @@ class Deployment:
                 if f not in self._models:  # a policy passed at run time
                     self._models[f] = read_model(self.folder / f)
                 heads[e] = self._models[f].clone()
+        emb = int(self.manifest["embedding_dim"])
         build = exit_branches if branches else exit_graph
-        model = build(stages, ends, heads, policy, int(self.manifest["embedding_dim"]))
+        model = build(stages, ends, heads, policy, emb)
+        if one_image:
+            model = for_one_image(model, classes if scored else None)
         compiled = compile_model(model, self.device, self._config)
         with self._lock:
             self._graphs[key] = compiled

@@ -84,10 +84,17 @@ def _branch(t: _Tower, k: int, end: int, leave: ov.Output, h, emb, scores, cls) 
     then_out = [ops.result(t_emb), ops.result(_rows_of(end, t_emb.output(0)))]
     then_body = ov.Model(then_out, [t_emb], f"exit_at_{end}")
 
-    carried = {"tokens": h, "previous": emb, "previous_scores": scores, "class_embeddings": cls}
+    previous = t.policy.needs_previous  # later exits compare with this one: carry its outputs into the branch
+    carried = {
+        "tokens": h,
+        "previous": emb if previous else None,
+        "previous_scores": scores if previous else None,
+        "class_embeddings": cls,
+    }
     inner = {name: _parameter(v, f"after_{end}_{name}") for name, v in carried.items() if v is not None}
     value = {name: p.output(0) for name, p in inner.items()}
-    rest = _rest(t, k, value["tokens"], value["previous"], value.get("previous_scores"), value.get("class_embeddings"))
+    v = value.get
+    rest = _rest(t, k, value["tokens"], v("previous"), v("previous_scores"), v("class_embeddings"))
     else_out = [ops.result(v) for v in rest]
     else_body = ov.Model(else_out, list(inner.values()), f"after_{end}")
 
@@ -122,3 +129,18 @@ def exit_branches(
     tower = _Tower(stages, stage_ends, heads, policy, live, needed)
     embeddings, exit_layer = _rest(tower, 0, pixels.output(0), None, None, cls)
     return named_model(embeddings, exit_layer, params, name)
+
+
+def for_one_image(model: ov.Model, classes: int | None = None) -> ov.Model:
+    """`model` (an `exit_graph` or `exit_branches` model) reshaped in place for exactly one image, and `classes`
+    class embeddings where it takes them: static shapes let the plugin plan every buffer once instead of
+    re-inferring shapes on each call (at batch 1 on the built-in folder about 15 % of the latency,
+    benchmarks/RESULTS.md)."""
+    pixels = model.inputs[0]
+    shape = pixels.get_partial_shape()
+    shapes = {pixels: ov.PartialShape([1, *[shape[i] for i in range(1, shape.rank.get_length())]])}
+    if classes is not None and len(model.inputs) > 1:
+        cls = model.inputs[1]
+        shapes[cls] = ov.PartialShape([classes, cls.get_partial_shape()[1]])
+    model.reshape(shapes)
+    return model
