@@ -92,10 +92,9 @@ def _branch(t: _Tower, k: int, end: int, leave: ov.Output, h, emb, scores, cls) 
         "class_embeddings": cls,
     }
     inner = {name: _parameter(v, f"after_{end}_{name}") for name, v in carried.items() if v is not None}
-    value = {name: p.output(0) for name, p in inner.items()}
-    v = value.get
-    rest = _rest(t, k, value["tokens"], v("previous"), v("previous_scores"), v("class_embeddings"))
-    else_out = [ops.result(v) for v in rest]
+    inside = {name: p.output(0) for name, p in inner.items()}.get
+    rest = _rest(t, k, inside("tokens"), inside("previous"), inside("previous_scores"), inside("class_embeddings"))
+    else_out = [ops.result(out) for out in rest]
     else_body = ov.Model(else_out, list(inner.values()), f"after_{end}")
 
     node = ops.if_op(ops.reduce_logical_and(leave, np.array([0], np.int64), False).output(0))
