@@ -423,7 +423,10 @@ def random_batches(batch: int, size: int = 224, n: int = 4, seed: int = 0) -> li
 
 
 def image_batches(pixels: np.ndarray, batch: int) -> list[np.ndarray]:
-    return [np.ascontiguousarray(pixels[i : i + batch]) for i in range(0, len(pixels) - batch + 1, batch)] or [pixels]
+    """`pixels` in calls of `batch` images, as `ovclip bench` cuts its pool (`ovclip.bench.offline_batch.rebatch`)."""
+    from ovclip.bench.offline_batch import rebatch
+
+    return rebatch([pixels], batch)
 
 
 # --- zero-shot ----------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from _common import Run, interleaved, print_timing, table, timed
+from _common import Run, image_batches, interleaved, print_timing, table, timed
 
 from ovclip.bench.report import templates_for
 from ovclip.data.datasets import open_dataset
@@ -78,7 +78,7 @@ def main() -> None:
     cls = dep.class_embeddings(data.prompt_names, templates_for(args.data))
     scaled = np.ascontiguousarray(dep.logit_scale * cls, np.float32)
     px = data.pixels(np.arange(min(args.images, len(data))), dep.preprocess_config)
-    images = [np.ascontiguousarray(px[i : i + 1]) for i in range(len(px))]
+    images = image_batches(px, 1)
     runners = {k: request_runner(c, scaled) for k, c in compiled_models(dep, len(cls)).items()}
     exits = np.array([runners["ee-static"](x)[1][0] for x in images])
     dynamic_exits = np.array([runners["ee-dynamic"](x)[1][0] for x in images])

@@ -1,8 +1,9 @@
 """The offline batch: how many images per inference call make a configuration fastest on this device.
 
 A full-depth INT8 tower runs about as fast at 8 images per call as at 64 on a CPU; early exit does not. After the
-first exit most of a batch has left, and the later blocks run on what is left: 3 of 8 images keep a CPU's
-matrix kernels far busier per image than 3 of 64's 24 do (`benchmarks/RESULTS.md`, "offline batch"). So the
+first exit most of a batch has left, and the later blocks run on what is left: the ~24 images left of 64 keep a
+CPU's matrix kernels far busier per image than the ~3 left of 8 (`benchmarks/RESULTS.md`, "The offline batch,
+measured per device"). So the
 batch is measured, like the precision: each candidate timed in rotating rounds (`ovclip.bench.rounds`) on the
 same images, and the smallest batch within `tolerance` of the fastest median kept (less memory and latency for
 the same throughput). `ovclip deploy` records the choice in the manifest; `ovclip bench` reuses a choice

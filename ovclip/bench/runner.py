@@ -148,7 +148,7 @@ def _pool(dep: Deployment, dataset, settings: BenchSettings) -> list[np.ndarray]
     if dataset is not None and len(dataset):
         n = min(len(dataset), max(settings.pool, b))
         px = dataset.pixels(np.arange(n), dep.preprocess_config)
-        return [np.ascontiguousarray(px[i : i + b]) for i in range(0, n - b + 1, b)] or [px]
+        return rebatch([px], b)
     s = dep.vision["image_size"]
     rng = np.random.default_rng(0)
     return [rng.standard_normal((b, 3, s, s), dtype=np.float32) for _ in range(max(4, min(settings.pool, 64) // b))]
@@ -181,10 +181,9 @@ def choose_offline_batch(prepared: list[Prepared], manifest, settings: BenchSett
     """One offline batch for every variant of a folder: the one its record says was fastest on this device, else
     measured now on its deployed variant (`ovclip.bench.offline_batch`). Each variant's pool is re-cut to it."""
     name = device_name(settings.device)
-    recorded = deployed_batch(manifest, settings.device, name)
     if manifest.get("static_batch") is not None:
         choice = BatchChoice(int(manifest["static_batch"]), "the folder's static batch", {})
-    elif recorded is not None:
+    elif (recorded := deployed_batch(manifest, settings.device, name)) is not None:
         choice = BatchChoice(recorded, f"recorded by `ovclip deploy` on this device ({name})", {})
     else:
         p = next((p for p in prepared if p.record["deployed"]), prepared[-1])
